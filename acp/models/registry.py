@@ -1,0 +1,136 @@
+"""One entry point for building models: ``create_model(name, num_classes=..., **kw)``.
+
+A name is one of
+- acp's own CIFAR models (``resnet20_cifar``, ``vgg16_bn_cifar``, ``mobilenetv2_cifar``, ...),
+- any torchvision classification model (``resnet18``, ``mobilenet_v2``, ...), always built **without**
+  downloading weights,
+- ``package.module:factory`` -- imports that module and calls the factory. This is the one place where
+  acp executes code named by the user; it is documented as such.
+
+Like timm's ``_cfg``, each acp model records its default input size, its first conv and its classifier,
+so the pruner knows which layers to leave alone by default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from torch import nn
+
+from acp.errors import UserError
+from acp.models.cifar_resnet import resnet_cifar
+from acp.models.mobilenetv2_cifar import mobilenetv2_cifar
+from acp.models.vgg_cifar import VGGCifar
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What acp knows about a registered model besides how to build it."""
+
+    factory: Callable[..., nn.Module]
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    first_conv: str = "conv1"
+    classifier: tuple[str, ...] = ("fc",)
+    defaults: dict = field(default_factory=dict)
+
+
+def _cifar_resnet_cards() -> dict[str, ModelCard]:
+    return {
+        f"resnet{depth}_cifar": ModelCard(factory=partial(resnet_cifar, depth))
+        for depth in (8, 14, 20, 32, 44, 56, 110)
+    }
+
+
+ACP_MODELS: dict[str, ModelCard] = {
+    **_cifar_resnet_cards(),
+    "vgg16_bn_cifar": ModelCard(
+        factory=VGGCifar, first_conv="features.0", classifier=("classifier.linear2",)
+    ),
+    "mobilenetv2_cifar": ModelCard(
+        factory=mobilenetv2_cifar, first_conv="features.0.0", classifier=("classifier.1",)
+    ),
+}
+
+
+def torchvision_model_names() -> list[str]:
+    import torchvision.models
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_factory_reference(name: str) -> bool:
+    return ":" in name
+
+
+def available_models() -> list[str]:
+    """Every name ``create_model`` accepts (besides ``package.module:factory``)."""
+    return sorted(ACP_MODELS) + torchvision_model_names()
+
+
+def model_card(name: str) -> ModelCard | None:
+    """The card of an acp model, or None for torchvision/factory models."""
+    return ACP_MODELS.get(name)
+
+
+def default_input_size(name: str) -> tuple[int, int, int] | None:
+    """(channels, height, width) the model expects by default, if known."""
+    card = ACP_MODELS.get(name)
+    if card is not None:
+        return card.input_size
+    if not is_factory_reference(name) and name in torchvision_model_names():
+        return (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
+    return None
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build a model by name with freshly initialized weights (nothing is downloaded)."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"model name must be a non-empty string, got {name!r}")
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if is_factory_reference(name):
+        return _call_factory(name, kwargs)
+    card = ACP_MODELS.get(name)
+    if card is not None:
+        return _build(name, card.factory, {**card.defaults, **kwargs})
+    if name in torchvision_model_names():
+        import torchvision.models
+
+        if "weights" in kwargs and kwargs["weights"] is not None:
+            raise UserError(f"model {name!r}: acp never downloads weights; pass weights=None")
+        kwargs["weights"] = None
+        return _build(name, partial(torchvision.models.get_model, name), kwargs)
+    close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise UserError(
+        f"unknown model {name!r}{hint} (acp models: {', '.join(sorted(ACP_MODELS))}; "
+        "any torchvision classification model; or package.module:factory)"
+    )
+
+
+def _build(name: str, factory: Callable[..., nn.Module], kwargs: dict) -> nn.Module:
+    try:
+        return factory(**kwargs)
+    except TypeError as error:
+        raise UserError(f"model {name!r}: bad arguments {sorted(kwargs)}: {error}") from None
+
+
+def _call_factory(reference: str, kwargs: dict) -> nn.Module:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"model factory {reference!r} must look like package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"model factory {reference!r}: cannot import {module_name!r} ({error})") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise UserError(f"model factory {reference!r}: {module_name} has no callable {attribute!r}")
+    model = _build(reference, factory, kwargs)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model factory {reference!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
