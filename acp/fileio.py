@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "weights") -> Any:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A plain state_dict from ``path``; also accepts ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers."""
+    """A plain state_dict from ``path`` (also unwraps ``{"state_dict": ...}`` / ``{"model": ...}``)."""
     obj = load_checkpoint(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state"):

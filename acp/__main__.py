@@ -1,0 +1,7 @@
+"""``python -m acp`` == ``acp``."""
+
+import sys
+
+from acp.cli import main
+
+sys.exit(main())

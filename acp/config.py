@@ -1,0 +1,193 @@
+"""Search-space files (TOML): loading, defaults and validation, in one place.
+
+A config names the model and its weights, the data, the channel space (ignored layers, bounds,
+rounding), and the budget; later sections tune clustering, the proxy, the search and finetuning. Every
+problem is a :class:`UserError` naming the file and the field (``resnet20.toml: [space].round_to: ...``).
+Relative paths inside a config are relative to the config file's own directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from acp.errors import UserError
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    default: Any
+    check: Callable[[Any], bool] | None = None
+    allowed: str = ""  # what the check accepts, for the message
+    is_path: bool = False
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _ratio(value) -> bool:
+    return value is None or (math.isfinite(value) and 0 < value <= 1)
+
+
+def _input_size(value) -> bool:
+    return value is None or (len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value))
+
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "model": {
+        "name": Field(
+            str, None, lambda v: bool(v), "a registry name, torchvision name or package.module:factory"
+        ),
+        "num_classes": Field((int, type(None)), None, lambda v: v is None or v > 0, "a positive integer"),
+        "weights": Field((str, type(None)), None, is_path=True),
+        "input_size": Field((list, type(None)), None, _input_size, "[channels, height, width]"),
+        "kwargs": Field(dict, {}),
+    },
+    "data": {
+        "spec": Field((str, type(None)), None, is_path=True),
+        "split": Field(str, "auto", allowed="'auto', 'shared', 'tail:K' or 'random:F'"),
+        "seed": Field(int, 0),
+    },
+    "space": {
+        "ignored_layers": Field(
+            list, [], lambda v: all(isinstance(x, str) for x in v), "a list of names/globs"
+        ),
+        "round_to": Field(int, 1, _positive, "a positive integer"),
+        "min_keep": Field(float, 0.1, lambda v: 0 < v <= 1, "a ratio in (0, 1]"),
+    },
+    "budget": {
+        "flops": Field((float, type(None)), None, _ratio, "a ratio in (0, 1]"),
+        "params": Field((float, type(None)), None, _ratio, "a ratio in (0, 1]"),
+    },
+}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+        bool: "true/false",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in kinds if k is not type(None))
+
+
+def _coerce(value: Any, field: Field) -> Any:
+    kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise TypeError
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kinds):
+        raise TypeError
+    return value
+
+
+def validate(document: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> dict:
+    """Check a parsed config against SCHEMA, fill defaults, resolve relative paths. Returns a new dict."""
+    if not isinstance(document, Mapping):
+        raise UserError(f"{source}: a config must be a TOML table")
+    resolved: dict[str, dict[str, Any]] = {}
+    for section, value in document.items():
+        if section not in SCHEMA:
+            raise UserError(f"{source}: unknown section [{section}]{_hint(section, SCHEMA)}")
+        if not isinstance(value, Mapping):
+            raise UserError(f"{source}: [{section}] must be a table")
+    for section, fields in SCHEMA.items():
+        given = document.get(section, {})
+        out: dict[str, Any] = {}
+        for key in given:
+            if key not in fields:
+                raise UserError(f"{source}: unknown key [{section}].{key}{_hint(key, fields)}")
+        for key, field in fields.items():
+            if key not in given:
+                out[key] = copy.deepcopy(field.default)
+                continue
+            value = given[key]
+            where = f"{source}: [{section}].{key}"
+            try:
+                value = _coerce(value, field)
+            except TypeError:
+                raise UserError(f"{where} must be {_type_name(field.kind)}, got {value!r}") from None
+            if field.check is not None and not field.check(value):
+                raise UserError(f"{where} = {value!r} is not allowed (expected {field.allowed})")
+            if field.is_path and value is not None and base_dir is not None and not _is_special_spec(value):
+                path = Path(value).expanduser()
+                value = str(path if path.is_absolute() else (base_dir / path))
+            out[key] = value
+        resolved[section] = out
+    if resolved["model"]["name"] is None:
+        raise UserError(f"{source}: [model].name is required")
+    return resolved
+
+
+def _is_special_spec(value: str) -> bool:
+    return value == "digits" or value.startswith("digits:")
+
+
+def _hint(name: str, choices: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: TOML syntax error: {error}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    config = validate(document, source=str(path), base_dir=path.resolve().parent)
+    config["_source"] = str(path)
+    return config
+
+
+def config_from_model(name: str, **overrides: Any) -> dict:
+    """A config for a bare model name (``acp info resnet20_cifar``)."""
+    document = {"model": {"name": name, **overrides}}
+    return validate(document, source=f"model {name!r}")
+
+
+def dump_toml(config: Mapping[str, Any]) -> str:
+    """Serialize a resolved config back to TOML (None values are omitted, as TOML has no null)."""
+    lines: list[str] = []
+    for section, fields in config.items():
+        if section.startswith("_") or not isinstance(fields, Mapping):
+            continue
+        lines.append(f"[{section}]")
+        for key, value in fields.items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

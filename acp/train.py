@@ -1,0 +1,301 @@
+"""Training and finetuning loop: a function of (model, data, schedule), resumable to the bit.
+
+SGD with (Nesterov) momentum, weight decay, label smoothing, and a cosine or one-cycle learning-rate
+schedule computed per step from a closed form (no scheduler object to pickle). Every epoch draws its
+shuffling and augmentation from a ``torch.Generator`` seeded by (seed, epoch), and seeds torch's global
+RNG the same way (dropout), so "train 2 epochs" and "train 1, stop, resume 1" give identical weights.
+A checkpoint (model, optimizer, epoch, history) is written atomically after each epoch.
+
+An optional teacher turns the loss into knowledge distillation: ``(1 - alpha) * CE + alpha * T^2 * KL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from acp.data import ImageData, iterate_batches
+from acp.errors import UserError
+from acp.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "weights.pt"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How to train. Validated once, in ``__post_init__``."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" | "onecycle" | "constant"
+    warmup_fraction: float = 0.15  # one-cycle only
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    channels_last: bool = True
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0 and math.isfinite(self.lr),
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "schedule": self.schedule in ("cosine", "onecycle", "constant"),
+            "warmup_fraction": 0 <= self.warmup_fraction < 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "distill_temperature": self.distill_temperature > 0,
+            "distill_alpha": 0 <= self.distill_alpha <= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                allowed = (
+                    "'cosine', 'onecycle' or 'constant'" if name == "schedule" else "see `acp train --help`"
+                )
+                raise UserError(f"training setting {name}={getattr(self, name)!r} is not allowed ({allowed})")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        progress = step / max(1, total_steps)
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "cosine":
+            return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
+        # one-cycle: linear warm-up from lr/25 to lr, then cosine down to lr/1e4
+        if progress < self.warmup_fraction:
+            start = self.lr / 25
+            return start + (self.lr - start) * progress / self.warmup_fraction
+        rest = (progress - self.warmup_fraction) / (1 - self.warmup_fraction)
+        low = self.lr / 1e4
+        return low + 0.5 * (self.lr - low) * (1 + math.cos(math.pi * rest))
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: ImageData,
+    indices: np.ndarray,
+    *,
+    batch_size: int = 256,
+    channels_last: bool = True,
+) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of ``model`` on ``data[indices]``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for images, labels in iterate_batches(data, indices, batch_size):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+    model.train(was_training)
+    count = max(1, len(indices))
+    return correct / count, loss_sum / count
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        nesterov=schedule.nesterov and schedule.momentum > 0,
+        weight_decay=schedule.weight_decay,
+    )
+
+
+def _loss(logits, labels, schedule: Schedule, teacher_logits=None) -> torch.Tensor:
+    hard = F.cross_entropy(logits, labels, label_smoothing=schedule.label_smoothing)
+    if teacher_logits is None:
+        return hard
+    temperature = schedule.distill_temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - schedule.distill_alpha) * hard + schedule.distill_alpha * temperature**2 * soft
+
+
+def train(
+    model: nn.Module,
+    data: ImageData,
+    train_indices: np.ndarray,
+    val_indices: np.ndarray,
+    schedule: Schedule,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    teacher: nn.Module | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    extra_metrics: dict | None = None,
+) -> list[EpochRecord]:
+    """Train ``model`` in place; write checkpoint/weights/metrics under ``out_dir``; return the history."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if schedule.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, schedule)
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    if resume:
+        start_epoch, history = _restore(checkpoint_path, model, optimizer, schedule)
+    if teacher is not None:
+        teacher.eval()
+    steps_per_epoch = max(1, len(train_indices) // schedule.batch_size)
+    total_steps = steps_per_epoch * schedule.epochs
+    for epoch in range(start_epoch, schedule.epochs):
+        began = time.perf_counter()
+        torch.manual_seed(schedule.seed * 1_000_003 + epoch)  # dropout & co. draw from the global RNG
+        generator = _epoch_generator(schedule.seed, epoch)
+        model.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        batches = iterate_batches(
+            data,
+            train_indices,
+            schedule.batch_size,
+            shuffle=True,
+            augmented=schedule.augment,
+            generator=generator,
+            drop_last=len(train_indices) >= schedule.batch_size,
+        )
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{schedule.epochs}",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        lr = schedule.lr
+        for step_in_epoch, (images, labels) in enumerate(bar):
+            lr = schedule.lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if schedule.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+            logits = model(images)
+            loss = _loss(logits, labels, schedule, teacher_logits)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
+        val_accuracy, val_loss = evaluate(model, data, val_indices, channels_last=schedule.channels_last)
+        record = EpochRecord(
+            epoch + 1,
+            loss_sum / max(1, seen),
+            correct / max(1, seen),
+            val_loss,
+            val_accuracy,
+            lr,
+            time.perf_counter() - began,
+        )
+        history.append(record)
+        log.info(
+            "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f (%.1fs)",
+            record.epoch,
+            schedule.epochs,
+            record.train_loss,
+            record.train_accuracy,
+            val_loss,
+            val_accuracy,
+            record.seconds,
+        )
+        _save(out_dir, model, optimizer, schedule, history, extra_metrics)
+        if on_epoch is not None:
+            on_epoch(record)
+    if not history or start_epoch >= schedule.epochs:
+        _save(out_dir, model, optimizer, schedule, history, extra_metrics)
+    return history
+
+
+def _save(out_dir: Path, model, optimizer, schedule: Schedule, history, extra_metrics) -> None:
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    checkpoint = {
+        "epoch": len(history),
+        "model": state,
+        "optimizer": optimizer.state_dict(),
+        "schedule": asdict(schedule),
+        "history": [asdict(record) for record in history],
+    }
+    # weights first, checkpoint last: a crash in between re-runs the epoch, never skips it
+    atomic_torch_save(out_dir / WEIGHTS_NAME, state)
+    metrics = {"schedule": asdict(schedule), "epochs": [asdict(record) for record in history]}
+    if history:
+        metrics["final"] = {"val_accuracy": history[-1].val_accuracy, "val_loss": history[-1].val_loss}
+        metrics["best_val_accuracy"] = max(record.val_accuracy for record in history)
+    metrics.update(extra_metrics or {})
+    atomic_write_json(out_dir / METRICS_NAME, metrics)
+    atomic_torch_save(out_dir / CHECKPOINT_NAME, checkpoint)
+
+
+def _restore(path: Path, model: nn.Module, optimizer, schedule: Schedule) -> tuple[int, list[EpochRecord]]:
+    checkpoint = load_checkpoint(path, what="training checkpoint")
+    if not isinstance(checkpoint, dict) or not {"epoch", "model", "optimizer", "schedule"} <= set(checkpoint):
+        raise UserError(f"training checkpoint {path} is incomplete (expected epoch/model/optimizer/schedule)")
+    saved = dict(checkpoint["schedule"])
+    current = asdict(schedule)
+    changed = [k for k in current if k != "epochs" and saved.get(k) != current[k]]
+    if changed:
+        key = changed[0]
+        raise UserError(
+            f"cannot resume {path}: setting {key} was {saved.get(key)!r}, now {current[key]!r} "
+            "(only --epochs may change on resume)"
+        )
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as error:
+        raise UserError(
+            f"training checkpoint {path} does not fit the model: {' '.join(str(error).split())[:200]}"
+        ) from None
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    history = [EpochRecord(**record) for record in checkpoint.get("history", [])]
+    return int(checkpoint["epoch"]), history

@@ -1,0 +1,41 @@
+"""Shared fixtures: where ../shared lives, a private image cache, small synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_MODELS = SHARED / "models"
+SHARED_CIFAR = SHARED / "data" / "cifar10" / "train"
+
+
+def shared_file(*parts: str) -> Path:
+    """A path under ../shared, or skip the test cleanly when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available (tests that use ../shared skip without it)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep the decoded-image cache of every test out of the user's home directory."""
+    monkeypatch.setenv("ACP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "acp-cache"))
+
+
+def write_image_folder(root: Path, per_class: int = 6, size: int = 8, classes=("a", "b", "c"), seed: int = 0):
+    """A tiny ImageFolder tree of PNGs with known pixels; returns the uint8 array in sorted order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index:04d}.png")
+            arrays.append(pixels)
+    return np.stack(arrays)
