@@ -1,0 +1,588 @@
+"""The Architecture document: which channels of which model survive, as plain JSON (``best_arch.json``).
+
+An architecture file is data only: it is parsed with :mod:`json` (no pickles, nothing imported or
+executed) and validated in one place, :func:`_parse`, which tracks the field path so every failure is a
+one-line :class:`~acp.errors.UserError` such as
+``runs/a/best_arch.json: groups[3].keep: index 70 out of range for full_width 64``.
+Checks that need the model (group ids, allowed widths, the cost model) live in :func:`_check_against`.
+
+Equality: ``==`` compares every field, including ``provenance["created"]`` (a timestamp, may be None).
+Use :meth:`Architecture.content_equal` to ask whether two architectures are the same apart from when
+they were made (determinism tests do this).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import math
+import numbers
+import os
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+from acp.errors import UserError, one_line
+from acp.fileio import atomic_write_json
+
+SCHEMA = "acp.architecture/1"
+MAX_FILE_BYTES = 64 * 2**20  # far above any real architecture; stops a wrong path from filling memory
+MAX_NESTING = 32
+SOURCES = ("search", "cluster", "uniform", "manual")
+BUDGET_KEYS = ("flops", "params")
+SPACE_DEFAULTS = {"round_to": 1, "min_keep": 0.1, "ignored_layers": []}  # = ChannelSpace.build's defaults
+PROVENANCE_KEYS = ("source", "seed", "criterion", "evaluations", "proxy_score", "acp_version", "created")
+_TOP_KEYS = ("schema", "model", "base_macs", "base_params", "macs", "params", "budget", "space", "groups")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which unpruned network an architecture applies to: ``create_model(name, num_classes, **kwargs)``."""
+
+    name: str
+    num_classes: int | None
+    input_size: tuple[int, int, int]  # (channels, height, width)
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, name: str, num_classes: int | None = None, input_size=None, **kwargs) -> ModelIdentity:
+        """Identity with the registry's default input size when ``input_size`` is not given."""
+        from acp.models import default_input_size
+
+        size = input_size if input_size is not None else default_input_size(name)
+        if size is None:
+            raise UserError(f"model {name!r}: input size unknown; give input_size=(channels, height, width)")
+        return cls(name, num_classes, tuple(size), dict(kwargs))
+
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """One channel group's outcome: ``keep`` holds the sorted, unique kept indices (``len == width``)."""
+
+    id: str
+    full_width: int
+    width: int
+    keep: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A pruned network: every group of the model's ChannelSpace, in space order, with its kept channels."""
+
+    model: ModelIdentity
+    groups: tuple[GroupChoice, ...]
+    base_macs: int
+    base_params: int
+    macs: int
+    params: int
+    budget: dict  # {"flops": ratio | None, "params": ratio | None}
+    space: dict  # {"round_to": int, "min_keep": float, "ignored_layers": [str]}: rebuilds the ChannelSpace
+    provenance: dict  # PROVENANCE_KEYS; unknown -> None
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {group.id: group.width for group in self.groups}
+
+    @property
+    def keep(self) -> dict[str, tuple[int, ...]]:
+        return {group.id: group.keep for group in self.groups}
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs / self.base_macs
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params / self.base_params
+
+    def summary_rows(self) -> list[tuple[str, int, int]]:
+        """``(group id, full width, kept width)`` per group, for printing."""
+        return [(group.id, group.full_width, group.width) for group in self.groups]
+
+    def content_equal(self, other: Architecture) -> bool:
+        """Equal in everything except ``provenance["created"]``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for document in (mine, theirs):
+            document["provenance"].pop("created", None)
+        return mine == theirs
+
+    def to_dict(self) -> dict:
+        """The JSON document: schema first, groups last, a fresh copy (mutating it leaves ``self`` alone)."""
+        identity = self.model
+        return {
+            "schema": SCHEMA,
+            "model": {
+                "name": identity.name,
+                "num_classes": identity.num_classes,
+                "input_size": list(identity.input_size),
+                "kwargs": copy.deepcopy(identity.kwargs),
+            },
+            "base_macs": self.base_macs,
+            "base_params": self.base_params,
+            "macs": self.macs,
+            "params": self.params,
+            "budget": copy.deepcopy(self.budget),
+            "space": copy.deepcopy(self.space),
+            "provenance": copy.deepcopy(self.provenance),
+            "groups": [
+                {"id": g.id, "full_width": g.full_width, "width": g.width, "keep": list(g.keep)}
+                for g in self.groups
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, source: str = "<dict>") -> Architecture:
+        """Validate a parsed JSON document (anything at all) and build the Architecture; UserError if bad."""
+        return _parse(doc, _Field(str(source)))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Validate, then write atomically as indented JSON (refuses non-finite floats, non-JSON values)."""
+        document = _parse(self.to_dict(), _Field(str(path))).to_dict()
+        return atomic_write_json(path, document)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, space=None, *, model_name: str | None = None) -> Architecture:
+        """Read and validate an architecture file; also check it against ``space``/``model_name`` if given."""
+        at = _Field(str(path))
+        architecture = _parse(_read_json(Path(path), at), at)
+        if space is not None:
+            _check_against(architecture, space, model_name, at)
+        elif model_name is not None and architecture.model.name != model_name:
+            _wrong_model(architecture, model_name, at)
+        return architecture
+
+    def validate_against(self, space, model_name: str | None = None, *, source="<architecture>") -> None:
+        """Raise UserError unless this fits ``space`` exactly (model, groups, widths, recorded costs)."""
+        at = _Field(source)
+        _parse(self.to_dict(), at)
+        _check_against(self, space, model_name, at)
+
+    @classmethod
+    def from_widths(
+        cls,
+        space,
+        identity: ModelIdentity,
+        widths: Mapping[str, int] | Sequence[int],
+        keep: Mapping[str, Sequence[int]],
+        *,
+        budget: Mapping | None = None,
+        space_settings: Mapping | None = None,
+        provenance: Mapping | None = None,
+    ) -> Architecture:
+        """Build a validated Architecture; MACs/params come from ``space.cost``.
+
+        ``widths`` is a mapping id -> width or a sequence in space order. ``keep`` maps id -> kept indices
+        (any order; they are sorted); a group at full width may be left out. Missing budget keys are None,
+        missing space settings take ChannelSpace.build's defaults, and provenance gets ``acp_version`` and
+        ``created`` (UTC, ISO 8601) unless given (pass ``created=None`` for a timestamp-free document).
+        """
+        from acp import __version__
+
+        at = _Field("<from_widths>")
+        if not isinstance(identity, ModelIdentity):
+            at["identity"].fail(f"expected a ModelIdentity, got {type(identity).__name__}")
+        options = {"budget": budget, "space_settings": space_settings, "provenance": provenance}
+        for name, value in options.items():
+            if value is not None and not isinstance(value, Mapping):
+                at[name].fail(f"expected a mapping, got {_describe(value)}")
+        ids = [group.id for group in space.groups]
+        width_of = _per_group(at["widths"], widths, ids)
+        keep_at = at["keep"]
+        if not isinstance(keep, Mapping):
+            keep_at.fail(f"expected a mapping of group id -> kept indices, got {_describe(keep)}")
+        _reject_unknown(keep_at, keep, ids)
+        choices = []
+        for group in space.groups:
+            width = _int(at["widths"][group.id], width_of[group.id])
+            if group.id in keep:
+                indices = keep[group.id]
+                if isinstance(indices, str | bytes | Mapping) or not isinstance(indices, Iterable):
+                    keep_at[group.id].fail(f"expected channel indices, got {_describe(indices)}")
+                kept = sorted(_int(keep_at[group.id], index) for index in indices)
+            elif width == int(group.full_width):
+                kept = list(range(width))
+            else:
+                keep_at.fail(f"no indices for group {group.id!r} (width {width} < full {group.full_width})")
+            full_width = int(group.full_width)
+            choices.append({"id": group.id, "full_width": full_width, "width": width, "keep": kept})
+        base_macs, base_params = int(space.base_macs), int(space.base_params)
+        document = {
+            "schema": SCHEMA,
+            "model": {field.name: getattr(identity, field.name) for field in dataclasses.fields(identity)},
+            "base_macs": base_macs,
+            "base_params": base_params,
+            "macs": base_macs,  # placeholders: space.cost only ever sees widths checked against the space
+            "params": base_params,
+            "budget": {**dict.fromkeys(BUDGET_KEYS), **(budget or {})},
+            "space": {**copy.deepcopy(SPACE_DEFAULTS), **(space_settings or {})},
+            "provenance": {
+                **dict.fromkeys(PROVENANCE_KEYS),
+                "acp_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **(provenance or {}),
+            },
+            "groups": choices,
+        }
+        architecture = _parse(document, at)
+        _check_against(architecture, space, None, at, costs=False)
+        macs, params = space.cost(architecture.widths)
+        return dataclasses.replace(architecture, macs=int(macs), params=int(params))
+
+
+# --- validation: one place, tracking the field path ------------------------------------------------
+
+
+class _Field:
+    """A place in a document (source + field path); ``fail`` raises a UserError that names it."""
+
+    __slots__ = ("source", "path")
+
+    def __init__(self, source: str, path: str = "") -> None:
+        self.source, self.path = source, path
+
+    def __getitem__(self, key: str | int) -> _Field:
+        if isinstance(key, int):
+            return _Field(self.source, f"{self.path}[{key}]")
+        return _Field(self.source, f"{self.path}.{key}" if self.path else key)
+
+    def fail(self, message: str) -> NoReturn:
+        where = f"{self.source}: {self.path}: " if self.path else f"{self.source}: "
+        raise UserError(one_line(where + message)) from None
+
+
+_JSON_TYPES = ((bool, "boolean"), (numbers.Integral, "integer"), (numbers.Real, "number"), (str, "string"))
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001  (giant ints and deep nesting refuse repr; the message must not crash)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    kind = next((name for cls, name in _JSON_TYPES if isinstance(value, cls)), None)
+    if kind is None:
+        kind = "object" if isinstance(value, Mapping) else "array" if isinstance(value, list | tuple) else ""
+    return f"{kind or type(value).__name__} {_show(value)}"
+
+
+def _reject_unknown(at: _Field, mapping: Mapping, allowed: Sequence[str]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed[:8])})"
+            at.fail(f"unknown key {_show(key)}{hint}")
+
+
+def _object(at: _Field, value: Any, required: Sequence[str], optional: Sequence[str] = ()) -> Mapping:
+    if not isinstance(value, Mapping):
+        at.fail(f"expected an object, got {_describe(value)}")
+    _reject_unknown(at, value, (*required, *optional))
+    for key in required:
+        if key not in value:
+            at.fail(f"missing key {key!r}")
+    return value
+
+
+def _array(at: _Field, value: Any, what: str) -> list | tuple:
+    if not isinstance(value, list | tuple):
+        at.fail(f"expected an array of {what}, got {_describe(value)}")
+    return value
+
+
+def _int(at: _Field, value: Any, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # true is not 1 here
+        at.fail(f"expected an integer, got {_describe(value)}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        at.fail(f"{_show(value)} out of range [{low}, {'...' if high is None else high}]")
+    return value
+
+
+def _number(at: _Field, value: Any, low=-math.inf, high=math.inf, *, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        at.fail(f"expected a number, got {_describe(value)}")
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        at.fail(f"must be a finite number, got {_show(value)}")
+    if value < low or value > high or (open_low and value == low):
+        at.fail(f"{_show(value)} out of range {'(' if open_low else '['}{low}, {high}]")
+    try:
+        return float(value)
+    except OverflowError:
+        at.fail(f"{_show(value)} is too large")
+
+
+def _str(at: _Field, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        at.fail(f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _optional(check, at: _Field, value: Any, *args, **kwargs):
+    return None if value is None else check(at, value, *args, **kwargs)
+
+
+def _json_data(at: _Field, value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` if it is plain JSON data (tuples become lists), else a UserError."""
+    if depth > MAX_NESTING:
+        at.fail(f"nested deeper than {MAX_NESTING} levels")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return _number(at, value)
+    if isinstance(value, list | tuple):
+        return [_json_data(at[i], item, depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                at.fail(f"object keys must be strings, got {_describe(key)}")
+        return {key: _json_data(at[key], item, depth + 1) for key, item in value.items()}
+    at.fail(f"expected plain JSON data, got {_describe(value)}")
+
+
+def _parse(doc: Any, at: _Field) -> Architecture:
+    """Everything that can be checked without the model; the one place the document's rules live."""
+    if not isinstance(doc, Mapping):
+        at.fail(f"expected a JSON object (an acp architecture), got {_describe(doc)}")
+    if "schema" not in doc:
+        at.fail(f"missing schema tag 'schema' (expected {SCHEMA!r}); is this an acp architecture file?")
+    tag = doc["schema"]
+    if not (isinstance(tag, str) and tag == SCHEMA):
+        at["schema"].fail(f"unsupported schema {_show(tag)}; this acp reads {SCHEMA!r}")
+    _object(at, doc, _TOP_KEYS, ("provenance",))
+    base_macs = _int(at["base_macs"], doc["base_macs"], 1)
+    base_params = _int(at["base_params"], doc["base_params"], 1)
+    return Architecture(
+        model=_parse_identity(at["model"], doc["model"]),
+        groups=_parse_groups(at["groups"], doc["groups"]),
+        base_macs=base_macs,
+        base_params=base_params,
+        macs=_int(at["macs"], doc["macs"], 0, base_macs),
+        params=_int(at["params"], doc["params"], 0, base_params),
+        budget=_parse_budget(at["budget"], doc["budget"]),
+        space=_parse_space(at["space"], doc["space"]),
+        provenance=_parse_provenance(at["provenance"], doc.get("provenance", {})),
+    )
+
+
+def _parse_identity(at: _Field, value: Any) -> ModelIdentity:
+    value = _object(at, value, ("name", "num_classes", "input_size"), ("kwargs",))
+    size = _array(at["input_size"], value["input_size"], "3 integers [channels, height, width]")
+    if len(size) != 3:
+        at["input_size"].fail(f"expected [channels, height, width], got {_show(size)}")
+    kwargs = _json_data(at["kwargs"], value.get("kwargs", {}))
+    if not isinstance(kwargs, dict):
+        at["kwargs"].fail(f"expected an object, got {_describe(kwargs)}")
+    if "num_classes" in kwargs:
+        at["kwargs"].fail("'num_classes' belongs in model.num_classes")
+    return ModelIdentity(
+        name=_str(at["name"], value["name"]),
+        num_classes=_optional(_int, at["num_classes"], value["num_classes"], 1),
+        input_size=tuple(_int(at["input_size"][i], dim, 1) for i, dim in enumerate(size)),
+        kwargs=kwargs,
+    )
+
+
+def _parse_groups(at: _Field, value: Any) -> tuple[GroupChoice, ...]:
+    first_seen: dict[str, int] = {}
+    choices = []
+    for i, item in enumerate(_array(at, value, "groups")):
+        group_at = at[i]
+        item = _object(group_at, item, ("id", "full_width", "width", "keep"))
+        group_id = _str(group_at["id"], item["id"])
+        if group_id in first_seen:
+            group_at["id"].fail(f"duplicate group {group_id!r} (also groups[{first_seen[group_id]}])")
+        first_seen[group_id] = i
+        full_width = _int(group_at["full_width"], item["full_width"], 1)
+        width = _int(group_at["width"], item["width"], 1, full_width)
+        keep = _parse_keep(group_at["keep"], item["keep"], full_width, width)
+        choices.append(GroupChoice(group_id, full_width, width, keep))
+    return tuple(choices)
+
+
+def _parse_keep(at: _Field, value: Any, full_width: int, width: int) -> tuple[int, ...]:
+    indices = [_int(at[i], index) for i, index in enumerate(_array(at, value, "channel indices"))]
+    previous = -1
+    for index in indices:
+        if not 0 <= index < full_width:
+            at.fail(f"index {_show(index)} out of range for full_width {full_width}")
+        if index == previous:
+            at.fail(f"duplicate index {index}")
+        if index < previous:
+            at.fail(f"indices must be sorted ascending ({index} follows {previous})")
+        previous = index
+    if len(indices) != width:
+        at.fail(f"has {len(indices)} indices but width is {width}")
+    return tuple(indices)
+
+
+def _parse_budget(at: _Field, value: Any) -> dict:
+    value = _object(at, value, BUDGET_KEYS)
+    return {key: _optional(_number, at[key], value[key], 0.0, 1.0, open_low=True) for key in BUDGET_KEYS}
+
+
+def _parse_space(at: _Field, value: Any) -> dict:
+    value = _object(at, value, tuple(SPACE_DEFAULTS))
+    layers = _array(at["ignored_layers"], value["ignored_layers"], "layer names")
+    return {
+        "round_to": _int(at["round_to"], value["round_to"], 1),
+        "min_keep": _number(at["min_keep"], value["min_keep"], 0.0, 1.0, open_low=True),
+        "ignored_layers": [_str(at["ignored_layers"][i], name) for i, name in enumerate(layers)],
+    }
+
+
+def _parse_provenance(at: _Field, value: Any) -> dict:
+    value = _object(at, value, (), PROVENANCE_KEYS)
+    result = {key: value.get(key) for key in PROVENANCE_KEYS}
+    if result["source"] is not None and result["source"] not in SOURCES:
+        at["source"].fail(f"expected one of {', '.join(SOURCES)} or null, got {_describe(result['source'])}")
+    result["seed"] = _optional(_int, at["seed"], result["seed"], 0)
+    result["evaluations"] = _optional(_int, at["evaluations"], result["evaluations"], 0)
+    result["proxy_score"] = _optional(_number, at["proxy_score"], result["proxy_score"])
+    for key in ("criterion", "acp_version", "created"):
+        _optional(_str, at[key], result[key])
+    if result["created"] is not None:
+        try:  # Python 3.10's fromisoformat does not know the "Z" suffix
+            datetime.fromisoformat(result["created"].replace("Z", "+00:00"))
+        except ValueError:
+            at["created"].fail(f"expected an ISO 8601 time, got {_show(result['created'])}")
+    return result
+
+
+# --- checks that need the model's ChannelSpace ----------------------------------------------------
+
+
+def _wrong_model(architecture: Architecture, model_name: str, at: _Field) -> NoReturn:
+    at["model"]["name"].fail(f"architecture is for model {architecture.model.name!r}, not {model_name!r}")
+
+
+def _check_against(architecture: Architecture, space, model_name: str | None, at: _Field, costs=True) -> None:
+    if model_name is not None and architecture.model.name != model_name:
+        _wrong_model(architecture, model_name, at)
+    expected_size = tuple(int(dim) for dim in space.input_shape[1:])
+    if architecture.model.input_size != expected_size:
+        at["model"]["input_size"].fail(
+            f"architecture is for input size {list(architecture.model.input_size)}, "
+            f"but the model's channel space was built for {list(expected_size)}"
+        )
+    space_ids = [group.id for group in space.groups]
+    known, present = set(space_ids), set()
+    for i, choice in enumerate(architecture.groups):
+        if choice.id not in known:
+            close = difflib.get_close_matches(choice.id, space_ids, n=3)
+            hint = f" (close matches: {', '.join(close)})" if close else ""
+            at["groups"][i]["id"].fail(
+                f"unknown group {choice.id!r}: the model's channel space has none{hint}"
+            )
+        present.add(choice.id)
+    missing = [group_id for group_id in space_ids if group_id not in present]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        at["groups"].fail(f"missing group(s) {', '.join(map(repr, missing[:3]))}{more} of the model")
+    for i, (choice, group) in enumerate(zip(architecture.groups, space.groups)):
+        group_at = at["groups"][i]
+        if choice.id != group.id:
+            group_at["id"].fail(f"expected group {group.id!r} here (groups follow the model's order)")
+        full_width = int(group.full_width)
+        if choice.full_width != full_width:
+            group_at["full_width"].fail(f"{choice.full_width} disagrees with the model's {full_width}")
+        if not int(group.min_width) <= choice.width <= int(group.max_width):
+            group_at["width"].fail(f"{choice.width} out of range [{group.min_width}, {group.max_width}]")
+        if choice.width not in {int(width) for width in group.allowed_widths()}:
+            group_at["width"].fail(
+                f"{choice.width} is not an allowed width (multiples of round_to {group.round_to} "
+                f"in [{group.min_width}, {group.max_width}], or {group.full_width})"
+            )
+    for key, expected in (("base_macs", space.base_macs), ("base_params", space.base_params)):
+        if getattr(architecture, key) != int(expected):
+            at[key].fail(f"recorded {getattr(architecture, key)} but the model has {int(expected)}")
+    if not costs:
+        return
+    macs, params = space.cost(architecture.widths)
+    for key, expected in (("macs", macs), ("params", params)):
+        if getattr(architecture, key) != int(expected):
+            at[key].fail(f"recorded {getattr(architecture, key)} but the widths cost {int(expected)}")
+
+
+# --- reading files: data only ---------------------------------------------------------------------
+
+
+class _BadJSON(ValueError):
+    """Raised from json hooks; turned into a UserError naming the file."""
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise _BadJSON(f"invalid JSON: {name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:  # json keeps the last silently; in a contract file a repeated key is a mistake
+            raise _BadJSON(f"invalid JSON: duplicate key {_show(key)} in an object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _read_json(path: Path, at: _Field) -> Any:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        at.fail("architecture file not found")
+    except (OSError, ValueError) as error:  # ValueError: e.g. a NUL byte in the path
+        at.fail(f"cannot read architecture file: {error}")
+    if stat.S_ISDIR(info.st_mode):
+        at.fail("is a directory, not an architecture file")
+    if not stat.S_ISREG(info.st_mode):
+        at.fail("is not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        at.fail(f"file is {info.st_size} bytes; an architecture file may be at most {MAX_FILE_BYTES} bytes")
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        at.fail(f"cannot read architecture file: {error}")
+    if len(data) > MAX_FILE_BYTES:
+        at.fail(f"file is larger than {MAX_FILE_BYTES} bytes, the most an architecture file may be")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        at.fail(f"not UTF-8 text (invalid byte at offset {error.start}); expected a JSON architecture file")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as error:
+        at.fail(f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}")
+    except _BadJSON as error:
+        at.fail(str(error))
+    except RecursionError:
+        at.fail("invalid JSON: nested too deeply")
+    except ValueError as error:  # e.g. an integer literal beyond Python's digit limit
+        at.fail(f"invalid JSON: {error}")
+
+
+def _per_group(at: _Field, widths: Any, ids: list[str]) -> dict[str, Any]:
+    """Widths given as a mapping id -> width or as a sequence in space order, as a mapping."""
+    if isinstance(widths, Mapping):
+        _reject_unknown(at, widths, ids)
+        missing = [group_id for group_id in ids if group_id not in widths]
+        if missing:
+            at.fail(f"missing width for group {missing[0]!r}")
+        return dict(widths)
+    try:
+        values = list(widths)
+    except TypeError:
+        at.fail(f"expected a mapping or a sequence of widths, got {_describe(widths)}")
+    if len(values) != len(ids):
+        at.fail(f"expected {len(ids)} widths (one per group, in space order), got {len(values)}")
+    return dict(zip(ids, values))
