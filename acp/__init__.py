@@ -1,8 +1,30 @@
-"""acp: automatic channel pruning for PyTorch CNNs (feature-map clustering + budget-exact PSO)."""
+"""acp: automatic channel pruning for PyTorch CNNs (feature-map clustering + budget-exact PSO).
+
+The Python API is the product; the ``acp`` command is a thin shell over it. Heavier entry points are
+imported lazily so ``import acp`` stays cheap.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from acp.errors import UserError  # noqa: E402
-from acp.models import create_model  # noqa: E402
+from acp.errors import UserError
+from acp.models import create_model
 
-__all__ = ["UserError", "__version__", "create_model"]
+_LAZY = {
+    "Architecture": "acp.arch",
+    "ChannelSpace": "acp.space",
+    "materialize": "acp.prune",
+    "load_pruned": "acp.prune",
+    "save_pruned": "acp.prune",
+}
+
+__all__ = ["UserError", "__version__", "create_model", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'acp' has no attribute {name!r}")

@@ -165,6 +165,126 @@ def _eval_arch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from acp.problem import load_problem, resolve_config
+
+    problem = load_problem(resolve_config(args.config_or_model))
+    space = problem.space
+    print(
+        f"model {problem.identity.name}  input {'x'.join(map(str, problem.identity.input_size))}  "
+        f"weights {problem.weights or '(random init)'}"
+    )
+    print(
+        f"base: {space.base_macs:,} MACs (= 'FLOPs' as pruning papers count them), "
+        f"{space.base_params:,} params"
+    )
+    print(
+        f"{len(space.groups)} searchable channel groups (round_to={space.settings['round_to']}, "
+        f"min_keep={space.settings['min_keep']}):"
+    )
+    rows = [("group", "width", "min", "MACs at stake", "members")]
+    full = space.full_widths()
+    for index, group in enumerate(space.groups):
+        lowest = full.copy()
+        lowest[index] = group.min_width
+        saved = space.base_macs - space.cost(lowest)[0]
+        members = ", ".join(group.producers[:3]) + (
+            f" +{len(group.producers) - 3}" if len(group.producers) > 3 else ""
+        )
+        rows.append(
+            (
+                group.id,
+                str(group.full_width),
+                str(group.min_width),
+                f"{100 * saved / space.base_macs:.1f}%",
+                members,
+            )
+        )
+    _print_table(rows)
+    if space.fixed_groups:
+        print(f"{len(space.fixed_groups)} groups kept at full width:")
+        for fixed in space.fixed_groups:
+            print(f"  {fixed.id} ({fixed.full_width}): {fixed.reason}")
+    print("'MACs at stake' = share of the base MACs saved by shrinking only that group to its minimum width")
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _load_arch_for_model(arch_path: str, weights: str | None):
+    """The architecture (validated against its model's space), the base model with weights, and the space."""
+    from acp.arch import Architecture
+    from acp.fileio import load_weights_into
+    from acp.prune import build_space
+
+    peek = Architecture.load(arch_path)
+    base, space = build_space(peek.model, peek.space)
+    arch = Architecture.load(arch_path, space)
+    if weights is None:
+        log.warning("no --weights: the pruned model inherits randomly initialized weights")
+    else:
+        load_weights_into(base, weights)
+    return arch, base, space
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from acp.prune import materialize, save_pruned
+
+    out = Path(args.out)
+    _check_fresh_out_dir(out, False, "")
+    arch, base, space = _load_arch_for_model(args.arch, args.weights)
+    pruned = materialize(base, arch, space)
+    save_pruned(pruned, arch, out)
+    print(
+        f"pruned {arch.model.name}: MACs {arch.base_macs:,} -> {arch.macs:,} ({100 * arch.macs_ratio:.1f}%), "
+        f"params {arch.base_params:,} -> {arch.params:,} ({100 * arch.params_ratio:.1f}%)"
+    )
+    print(f"wrote {out / 'arch.json'} and {out / 'weights.pt'} (load with acp.load_pruned({str(out)!r}))")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from acp.prune import export_onnx, load_pruned
+
+    model = load_pruned(args.arch, args.weights)
+    from acp.arch import Architecture
+
+    arch = Architecture.load(args.arch if not Path(args.arch).is_dir() else Path(args.arch) / "arch.json")
+    path = export_onnx(model, arch.model.input_size, args.onnx)
+    message = f"wrote {path}"
+    if _onnxruntime_available():
+        difference = _onnx_max_difference(model, arch.model.input_size, path)
+        message += f" (onnxruntime output matches PyTorch: max abs difference {difference:.2e})"
+    print(message)
+    return 0
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _onnx_max_difference(model, input_size, path) -> float:
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(example).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {"input": example.numpy()})
+    difference = float(np.abs(actual - expected).max())
+    if not np.allclose(actual, expected, rtol=1e-3, atol=1e-4):
+        raise RuntimeError(f"ONNX export of {path} disagrees with PyTorch (max abs difference {difference})")
+    return difference
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 
@@ -203,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split-method", default="auto", help="how val is held out (as in acp train)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(handler=cmd_eval)
+
+    info = commands.add_parser("info", help="channel groups, widths and base cost of a config or model")
+    info.add_argument("config_or_model", help="a search-space TOML file or a model name")
+    info.set_defaults(handler=cmd_info)
+
+    prune = commands.add_parser("prune", help="materialize an architecture from base weights and save it")
+    prune.add_argument("arch", help="architecture JSON (e.g. best_arch.json)")
+    prune.add_argument("--weights", help="weights of the unpruned base model (state_dict)")
+    prune.add_argument("--out", required=True, help="new directory for arch.json + weights.pt")
+    prune.set_defaults(handler=cmd_prune)
+
+    export = commands.add_parser("export", help="export a pruned model to ONNX")
+    export.add_argument("arch", help="architecture JSON, or a directory written by acp prune / finetune")
+    export.add_argument("--weights", help="the pruned model's weights (default: weights.pt beside the JSON)")
+    export.add_argument("--onnx", required=True, help="output .onnx file")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ def validate(document: Mapping[str, Any], *, source: str = "<config>", base_dir:
                 raise UserError(f"{where} = {value!r} is not allowed (expected {field.allowed})")
             if field.is_path and value is not None and base_dir is not None and not _is_special_spec(value):
                 path = Path(value).expanduser()
-                value = str(path if path.is_absolute() else (base_dir / path))
+                value = os.path.normpath(path if path.is_absolute() else (base_dir / path))
             out[key] = value
         resolved[section] = out
     if resolved["model"]["name"] is None:
