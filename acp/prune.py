@@ -1,0 +1,210 @@
+"""From an Architecture to a physically smaller network, and pruned models on disk.
+
+``materialize`` slices a copy of the unpruned model with the index plan its ChannelSpace recorded (no
+dependency graph is built per call, which matters when a search materializes thousands of candidates);
+``materialize_with_torch_pruning`` is the slow reference path through Torch-Pruning, kept to check the
+fast one. A pruned model is stored as ``arch.json`` (the Architecture) + ``weights.pt`` (a plain
+state_dict) and loaded by rebuilding the base model, applying the architecture and loading the weights
+with ``weights_only=True`` -- no pickled modules anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from acp._graph import pruned_copy
+from acp.arch import Architecture, ModelIdentity
+from acp.errors import UserError
+from acp.fileio import atomic_torch_save, load_weights_into
+from acp.space import ChannelSpace
+
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def example_input(identity: ModelIdentity) -> torch.Tensor:
+    return torch.zeros((1, *identity.input_size))
+
+
+def space_settings_for(identity: ModelIdentity, settings: Mapping | None) -> dict:
+    """Space settings with defaults filled in; the registry's classifier names are always ignored."""
+    from acp.models import model_card
+
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - {"round_to", "min_keep", "ignored_layers"})
+    if unknown:
+        allowed = "round_to, min_keep, ignored_layers"
+        raise UserError(f"space settings: unknown key {unknown[0]!r} (allowed: {allowed})")
+    ignored = list(settings.get("ignored_layers") or [])
+    card = model_card(identity.name)
+    if card is not None:
+        ignored += [name for name in card.classifier if name not in ignored]
+    return {
+        "round_to": settings.get("round_to", 1),
+        "min_keep": settings.get("min_keep", 0.1),
+        "ignored_layers": ignored,
+    }
+
+
+def build_space(
+    identity: ModelIdentity, space_settings: Mapping | None = None
+) -> tuple[nn.Module, ChannelSpace]:
+    """The unpruned model (fresh random init) and its ChannelSpace."""
+    from acp.models import create_model
+
+    model = create_model(identity.name, identity.num_classes, **dict(identity.kwargs))
+    space = space_for(model, identity, space_settings)
+    return model, space
+
+
+def space_for(model: nn.Module, identity: ModelIdentity, space_settings: Mapping | None) -> ChannelSpace:
+    settings = space_settings_for(identity, space_settings)
+    return ChannelSpace.build(
+        model,
+        example_input(identity),
+        ignored_layers=settings["ignored_layers"],
+        round_to=settings["round_to"],
+        min_keep=settings["min_keep"],
+    )
+
+
+def materialize(model: nn.Module, arch: Architecture, space: ChannelSpace | None = None) -> nn.Module:
+    """A new, physically smaller copy of ``model`` keeping ``arch``'s channels (weights and BN statistics
+    of the kept channels are inherited). ``model`` is not modified.
+
+    Pass the model's ``space`` when materializing many architectures: without it one is built per call.
+    """
+    if space is None:
+        space = space_for(model, arch.model, arch.space)
+    arch.validate_against(space)
+    return pruned_copy(model, space.removal_plan(arch.keep))
+
+
+def materialize_with_torch_pruning(model: nn.Module, arch: Architecture) -> nn.Module:
+    """Reference implementation: a fresh DependencyGraph and one ``group.prune()`` per group."""
+    pruned = copy.deepcopy(model)
+    modes = {name: module.training for name, module in pruned.named_modules()}
+    with torch.enable_grad():
+        example = example_input(arch.model).to(next(pruned.parameters()).device)
+        graph = tp.DependencyGraph().build_dependency(pruned, (example,), verbose=False)
+    for choice in arch.groups:
+        remove = sorted(set(range(choice.full_width)) - set(choice.keep))
+        if not remove:
+            continue
+        root = pruned.get_submodule(choice.id)
+        pruner = graph.get_pruner_of_module(root)
+        graph.get_pruning_group(root, pruner.prune_out_channels, remove).prune()
+    for name, module in pruned.named_modules():
+        module.training = modes[name]  # build_dependency switched everything to eval
+    return pruned
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def save_pruned(model: nn.Module, arch: Architecture, directory: str | os.PathLike) -> Path:
+    """Write ``directory/arch.json`` and ``directory/weights.pt`` (a plain state_dict), each atomically."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"output {directory} exists and is not a directory")
+    params = parameter_count(model)
+    if params != arch.params:
+        raise UserError(
+            f"model has {params} parameters but the architecture has {arch.params}: "
+            "save the model materialized from this architecture"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    atomic_torch_save(directory / WEIGHTS_FILE, state)
+    arch.save(directory / ARCH_FILE)
+    return directory
+
+
+def load_pruned(
+    path_or_arch: str | os.PathLike | Architecture, weights: str | os.PathLike | None = None
+) -> nn.Module:
+    """Rebuild a pruned model: base model -> architecture -> state_dict (``weights_only=True``).
+
+    ``path_or_arch``: a directory written by :func:`save_pruned`, an architecture JSON file (weights default
+    to ``weights.pt`` beside it), or an Architecture (then ``weights`` is required).
+    """
+    if isinstance(path_or_arch, Architecture):
+        arch = path_or_arch
+        if weights is None:
+            raise UserError("load_pruned: weights file required when passing an Architecture")
+    else:
+        path = Path(path_or_arch)
+        arch_path = path / ARCH_FILE if path.is_dir() else path
+        arch = Architecture.load(arch_path)
+        if weights is None:
+            weights = arch_path.parent / WEIGHTS_FILE
+            if not weights.is_file():
+                raise UserError(f"no weights for {arch_path}: expected {weights} (or pass weights=...)")
+    base, space = build_space(arch.model, arch.space)
+    pruned = materialize(base, arch, space)
+    return load_weights_into(pruned, weights)
+
+
+def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, *, opset: int | None = None) -> Path:
+    """Export ``model`` (in eval mode, batch dimension dynamic) to ONNX, written atomically.
+
+    ``input_shape`` is (C, H, W) or (N, C, H, W). ``model`` keeps its train/eval mode.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise UserError(f"input_shape: expected (channels, height, width), got {tuple(input_shape)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exported = copy.deepcopy(model).eval()
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated
+            torch.onnx.export(
+                exported,
+                (torch.zeros(shape),),
+                temp_name,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,  # the torch.export-based exporter needs onnxscript, an extra dependency
+            )
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def random_architecture(
+    space: ChannelSpace, identity: ModelIdentity, rng: np.random.Generator, *, settings: Mapping | None = None
+) -> Architecture:
+    """An architecture with random allowed widths and random kept channels (tests and benchmarks)."""
+    widths, keep = {}, {}
+    for group in space.groups:
+        width = int(rng.choice(group.allowed_widths()))
+        widths[group.id] = width
+        keep[group.id] = np.sort(rng.choice(group.full_width, size=width, replace=False)).tolist()
+    return Architecture.from_widths(
+        space,
+        identity,
+        widths,
+        keep,
+        space_settings=dict(settings if settings is not None else space.settings),
+        provenance={"source": "manual", "created": None},
+    )
