@@ -285,6 +285,68 @@ def _onnx_max_difference(model, input_size, path) -> float:
     return difference
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from acp.finetune import finetune
+    from acp.train import Schedule
+
+    schedule = Schedule(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        distill_temperature=args.temperature,
+        distill_alpha=args.alpha,
+    )
+    result = finetune(
+        args.arch,
+        out_dir=args.out,
+        weights=args.weights,
+        data=args.data,
+        split=args.split,
+        schedule=schedule,
+        distill=args.distill,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    _print_finetune_summary(result.metrics, result.out_dir)
+    return 0
+
+
+def _print_finetune_summary(metrics: dict, out_dir: Path) -> None:
+    rows = [("", "base", "pruned")]
+    rows.append(
+        (
+            "val accuracy",
+            f"{100 * metrics['base_val_accuracy']:.2f}%",
+            f"{100 * metrics['val_accuracy_after']:.2f}% (before finetuning "
+            f"{100 * metrics['val_accuracy_before']:.2f}%)",
+        )
+    )
+    rows.append(
+        ("MACs", f"{metrics['base_macs']:,}", f"{metrics['macs']:,} ({100 * metrics['macs_ratio']:.1f}%)")
+    )
+    rows.append(
+        (
+            "params",
+            f"{metrics['base_params']:,}",
+            f"{metrics['params']:,} ({100 * metrics['params_ratio']:.1f}%)",
+        )
+    )
+    for batch, latency in metrics.get("latency_cpu", {}).items():
+        rows.append(
+            (
+                f"latency {batch}",
+                f"{latency['base_ms']:.2f} ms",
+                f"{latency['pruned_ms']:.2f} ms ({latency['speedup']:.2f}x faster)",
+            )
+        )
+    _print_table(rows)
+    print(f"pruned model: {out_dir} (acp.load_pruned({str(out_dir)!r})); metrics.json, training_curve.png")
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 
@@ -333,6 +395,26 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--weights", help="weights of the unpruned base model (state_dict)")
     prune.add_argument("--out", required=True, help="new directory for arch.json + weights.pt")
     prune.set_defaults(handler=cmd_prune)
+
+    tune = commands.add_parser("finetune", help="retrain a pruned architecture from the base weights")
+    tune.add_argument("arch", help="architecture JSON (e.g. runs/r20/best_arch.json)")
+    tune.add_argument("--weights", help="unpruned base weights (default: from the run's config.toml)")
+    tune.add_argument("--data", help="data SPEC (default: from the run's config.toml)")
+    tune.add_argument("--split", help="validation split (default: the run's, else 'auto')")
+    tune.add_argument("--epochs", type=_positive_int, required=True)
+    tune.add_argument("--out", required=True, help="new directory (or existing with --resume)")
+    tune.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tune.add_argument("--distill", action="store_true", help="knowledge distillation from the unpruned model")
+    tune.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    tune.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    tune.add_argument("--batch-size", type=_positive_int, default=128)
+    tune.add_argument("--lr", type=float, default=0.02)
+    tune.add_argument("--weight-decay", type=float, default=5e-4)
+    tune.add_argument("--schedule", choices=["cosine", "onecycle", "constant"], default="cosine")
+    tune.add_argument("--label-smoothing", type=float, default=0.0)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    tune.set_defaults(handler=cmd_finetune)
 
     export = commands.add_parser("export", help="export a pruned model to ONNX")
     export.add_argument("arch", help="architecture JSON, or a directory written by acp prune / finetune")

@@ -68,6 +68,73 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "flops": Field((float, type(None)), None, _ratio, "a ratio in (0, 1]"),
         "params": Field((float, type(None)), None, _ratio, "a ratio in (0, 1]"),
     },
+    "finetune": {
+        "epochs": Field(int, 30, _positive, "a positive integer"),
+        "batch_size": Field(int, 128, _positive, "a positive integer"),
+        "lr": Field(float, 0.02, lambda v: 0 < v < 10, "a learning rate in (0, 10)"),
+        "weight_decay": Field(float, 5e-4, lambda v: v >= 0, "a number >= 0"),
+        "schedule": Field(
+            str,
+            "cosine",
+            lambda v: v in ("cosine", "onecycle", "constant"),
+            "'cosine', 'onecycle' or 'constant'",
+        ),
+        "label_smoothing": Field(float, 0.0, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "distill": Field(bool, False),
+        "temperature": Field(float, 4.0, _positive, "a positive number"),
+        "alpha": Field(float, 0.9, lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+        "seed": Field(int, 0),
+    },
+    # [search]: the PSO (acp.search.settings.SearchSettings re-validates ranges and combinations).
+    "search": {
+        "particles": Field(int, 12, lambda v: v >= 2, "an integer >= 2"),
+        "iterations": Field(int, 30, _positive, "a positive integer"),
+        "seed": Field(int, 0, lambda v: v >= 0, "an integer >= 0"),
+        "topology": Field(
+            str, "star", lambda v: v in ("star", "ring", "von_neumann"), "'star', 'ring' or 'von_neumann'"
+        ),
+        "neighbors": Field(int, 3, _positive, "a positive integer"),
+        "inertia_start": Field(float, 0.729, lambda v: 0 <= v <= 4, "a number in [0, 4]"),
+        "inertia_end": Field(float, 0.4, lambda v: 0 <= v <= 4, "a number in [0, 4]"),
+        "c1": Field(float, 1.49445, lambda v: 0 <= v <= 4, "a number in [0, 4]"),
+        "c2": Field(float, 1.49445, lambda v: 0 <= v <= 4, "a number in [0, 4]"),
+        "velocity_clamp": Field(float, 0.2, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "boundary": Field(
+            str,
+            "nearest",
+            lambda v: v in ("nearest", "reflective", "shrink", "intermediate", "periodic"),
+            "'nearest', 'reflective', 'shrink', 'intermediate' or 'periodic'",
+        ),
+        "velocity_strategy": Field(
+            str,
+            "unmodified",
+            lambda v: v in ("unmodified", "adjust", "invert", "zero"),
+            "'unmodified', 'adjust', 'invert' or 'zero'",
+        ),
+        "init_spread": Field(float, 0.1, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        "random_particles": Field(int, 2, lambda v: v >= 0, "an integer >= 0"),
+        "patience": Field(int, 0, lambda v: v >= 0, "an integer >= 0 (0: off)"),
+        "criterion": Field(str, "cluster", lambda v: bool(v), "a criterion name"),
+        "tolerance": Field(float, 0.01, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        "workers": Field(int, 1, _positive, "a positive integer"),
+        "backend": Field(str, "loky", lambda v: v in ("loky", "dask", "ray"), "'loky', 'dask' or 'ray'"),
+        "dask_scheduler": Field((str, type(None)), None),
+        "scheduler_timeout": Field(float, 10.0, _positive, "a positive number of seconds"),
+        "time_limit": Field((str, int, float, type(None)), None),
+    },
+    # [proxy]: how the search scores a candidate (acp.proxy.ProxySettings re-validates; the search pins
+    # threads to 1 unless set, so serial and parallel runs give the same scores bit for bit).
+    "proxy": {
+        "calibration_batches": Field(int, 20, lambda v: v >= 0, "an integer >= 0"),
+        "calibration_batch_size": Field(int, 64, _positive, "a positive integer"),
+        "eval_batch_size": Field(int, 500, _positive, "a positive integer"),
+        "validation_images": Field(int, 2000, _positive, "a positive integer"),
+        "recalibrate_bn": Field(bool, True),
+        "score": Field(str, "accuracy", lambda v: v in ("accuracy", "loss"), "'accuracy' or 'loss'"),
+        "finetune_steps": Field(int, 0, lambda v: v >= 0, "an integer >= 0"),
+        "finetune_lr": Field(float, 0.01, lambda v: v >= 0, "a number >= 0"),
+        "threads": Field((int, type(None)), None, lambda v: v is None or v > 0, "a positive integer"),
+    },
 }
 
 

@@ -124,6 +124,29 @@ def evaluate(
     return correct / count, loss_sum / count
 
 
+def channels_last_is_safe(model: nn.Module, minimum: int = 8) -> bool:
+    """Whether channels-last training is safe for ``model`` on this CPU build.
+
+    Channels-last roughly halves the time of a CIFAR ResNet training step on CPU, but with torch 2.14's
+    oneDNN kernels the backward pass of convolutions with fewer than ~8 channels corrupts the heap
+    (``double free or corruption``) -- and pruned networks have such layers. So it is used only when
+    every convolution has at least ``minimum`` output channels and at least ``minimum`` input channels
+    (a convolution reading the image itself is exempt).
+    """
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions:
+        return False
+    image_channels = convolutions[0].in_channels
+    for conv in convolutions:
+        if conv.out_channels < minimum:
+            return False
+        if conv.in_channels < minimum and not (
+            conv is convolutions[0] and conv.in_channels == image_channels
+        ):
+            return False
+    return True
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
@@ -169,7 +192,8 @@ def train(
     """Train ``model`` in place; write checkpoint/weights/metrics under ``out_dir``; return the history."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if schedule.channels_last:
+    channels_last = schedule.channels_last and channels_last_is_safe(model)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, schedule)
     history: list[EpochRecord] = []
@@ -209,7 +233,7 @@ def train(
             lr = schedule.lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if schedule.channels_last:
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             teacher_logits = None
             if teacher is not None:
@@ -228,7 +252,7 @@ def train(
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
-        val_accuracy, val_loss = evaluate(model, data, val_indices, channels_last=schedule.channels_last)
+        val_accuracy, val_loss = evaluate(model, data, val_indices, channels_last=channels_last)
         record = EpochRecord(
             epoch + 1,
             loss_sum / max(1, seen),

@@ -20,6 +20,18 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_thread_torch():
+    """Tests use tiny models, which gain nothing from a second thread; one thread also keeps them fast on
+    a busy machine, where OpenMP's waiting threads slow small kernels down tenfold."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     """Keep the decoded-image cache of every test out of the user's home directory."""

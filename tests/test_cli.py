@@ -15,7 +15,7 @@ from acp.models import create_model
 
 
 def run_acp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "acp", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
     )

@@ -1,0 +1,212 @@
+"""Retrain a searched architecture: materialize it from the base weights, finetune, hand it over.
+
+``finetune(arch, ...)`` inherits the kept channels' weights from the trained base model, trains with the
+loop in :mod:`acp.train` (optionally distilled from the unpruned model), and writes a directory that
+``acp.load_pruned(DIR)`` loads anywhere: ``arch.json`` + ``weights.pt`` (plain state_dict), plus
+``metrics.json`` (accuracy before/after, base accuracy, MACs/params and ratios, CPU latency vs the base
+model), ``checkpoint.pt`` (resume) and ``training_curve.png``.
+
+Where ``weights``/``data`` are not given, they come from the ``config.toml`` of the search run the
+architecture file lives in, so ``acp finetune runs/r20/best_arch.json --epochs 30 --out runs/r20/ft``
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from acp.arch import Architecture
+from acp.errors import UserError
+from acp.fileio import atomic_write_json
+from acp.train import CHECKPOINT_NAME, METRICS_NAME, Schedule, evaluate, train
+
+log = logging.getLogger(__name__)
+
+BEFORE_NAME = "before.json"
+CURVE_NAME = "training_curve.png"
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    model: nn.Module
+    arch: Architecture
+    metrics: dict
+
+
+def run_config_beside(arch_path: Path) -> dict | None:
+    """The resolved config of the search run that wrote ``arch_path`` (its directory's config.toml)."""
+    from acp.config import load_config
+
+    candidate = arch_path.parent / "config.toml"
+    return load_config(candidate) if candidate.is_file() else None
+
+
+def finetune(
+    arch: str | os.PathLike | Architecture,
+    *,
+    out_dir: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    data: str | None = None,
+    split: str | None = None,
+    schedule: Schedule | None = None,
+    distill: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    measure_latency_of_models: bool = True,
+    on_epoch=None,
+) -> FinetuneResult:
+    """Materialize ``arch`` from ``weights`` (the unpruned model's state_dict) and finetune it on ``data``."""
+    from acp.data import load_data, make_splits
+    from acp.fileio import load_weights_into
+    from acp.prune import build_space, materialize, save_pruned
+
+    arch_path = None if isinstance(arch, Architecture) else Path(arch)
+    run_config = run_config_beside(arch_path) if arch_path is not None else None
+    if weights is None and run_config is not None:
+        weights = run_config["model"]["weights"]
+    if data is None and run_config is not None:
+        data = run_config["data"]["spec"]
+    if split is None:
+        split = run_config["data"]["split"] if run_config is not None else "auto"
+    if weights is None:
+        raise UserError("finetune: --weights (the unpruned model's state_dict) is required here")
+    if data is None:
+        raise UserError("finetune: --data is required here (no config.toml beside the architecture)")
+    schedule = schedule or Schedule(lr=0.02)
+
+    if arch_path is not None:
+        peek = Architecture.load(arch_path)
+        base, space = build_space(peek.model, peek.space)
+        arch = Architecture.load(arch_path, space)
+    else:
+        base, space = build_space(arch.model, arch.space)
+        arch.validate_against(space)
+    load_weights_into(base, weights)
+    image_data = load_data(data)
+    if image_data.image_shape != tuple(arch.model.input_size):
+        raise UserError(
+            f"images of data {data} are {'x'.join(map(str, image_data.image_shape))}, but the architecture's "
+            f"input size is {'x'.join(map(str, arch.model.input_size))}"
+        )
+    splits = make_splits(image_data, split, seed=schedule.seed)
+    pruned = materialize(base, arch, space)
+
+    out_dir = Path(out_dir)
+    if resume and not (out_dir / CHECKPOINT_NAME).is_file():
+        raise UserError(f"--resume: {out_dir} has no {CHECKPOINT_NAME} to resume from")
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} exists and is not empty; pick a new directory or pass --resume")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_pruned(pruned, arch, out_dir)  # arch.json now; weights.pt is rewritten after every epoch
+
+    before = _before_metrics(
+        out_dir, resume, base, pruned, arch, image_data, splits, measure_latency_of_models
+    )
+    before.update({"weights": str(weights), "data": str(data), "distill": bool(distill)})
+    history = train(
+        pruned,
+        image_data,
+        splits.train,
+        splits.val,
+        schedule,
+        out_dir,
+        resume=resume,
+        teacher=base if distill else None,
+        progress=progress,
+        extra_metrics=before,
+        on_epoch=on_epoch,
+    )
+    metrics = dict(before)
+    metrics["val_accuracy_after"] = history[-1].val_accuracy
+    metrics["val_loss_after"] = history[-1].val_loss
+    metrics["epochs_trained"] = len(history)
+    _write_metrics(out_dir, metrics)
+    _plot_curve(out_dir / CURVE_NAME, history, metrics)
+    return FinetuneResult(out_dir, pruned, arch, metrics)
+
+
+def _before_metrics(out_dir, resume, base, pruned, arch, image_data, splits, with_latency) -> dict:
+    """Accuracy of base and freshly pruned model, cost and latency — computed once, kept across resumes."""
+    from acp.latency import measure_latency
+
+    path = out_dir / BEFORE_NAME
+    if resume and path.is_file():
+        import json
+
+        return json.loads(path.read_text())
+    base_accuracy, base_loss = evaluate(base, image_data, splits.val)
+    pruned_accuracy, pruned_loss = evaluate(pruned, image_data, splits.val)
+    metrics = {
+        "base_val_accuracy": base_accuracy,
+        "base_val_loss": base_loss,
+        "val_accuracy_before": pruned_accuracy,
+        "val_loss_before": pruned_loss,
+        "base_macs": arch.base_macs,
+        "macs": arch.macs,
+        "macs_ratio": arch.macs_ratio,
+        "base_params": arch.base_params,
+        "params": arch.params,
+        "params_ratio": arch.params_ratio,
+        "validation_images": int(len(splits.val)),
+        "split": splits.describe(),
+    }
+    if with_latency:
+        latency = {}
+        for batch in (1, 64):
+            base_ms = measure_latency(base, arch.model.input_size, batch_size=batch, repeats=20).median_ms
+            pruned_ms = measure_latency(pruned, arch.model.input_size, batch_size=batch, repeats=20).median_ms
+            latency[f"batch{batch}"] = {
+                "base_ms": base_ms,
+                "pruned_ms": pruned_ms,
+                "speedup": base_ms / pruned_ms,
+            }
+        metrics["latency_cpu"] = latency
+    atomic_write_json(path, metrics)
+    return metrics
+
+
+def _write_metrics(out_dir: Path, extra: dict) -> None:
+    import json
+
+    path = out_dir / METRICS_NAME
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.update(extra)
+    atomic_write_json(path, metrics)
+
+
+def _plot_curve(path: Path, history, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [record.epoch for record in history]
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [r.train_loss for r in history], label="train", marker="o")
+    loss_axis.plot(epochs, [r.val_loss for r in history], label="validation", marker="o")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss")
+    loss_axis.legend()
+    accuracy_axis.plot(epochs, [100 * r.train_accuracy for r in history], label="train", marker="o")
+    accuracy_axis.plot(epochs, [100 * r.val_accuracy for r in history], label="validation", marker="o")
+    accuracy_axis.axhline(
+        100 * metrics["base_val_accuracy"], color="grey", linestyle="--", label="unpruned base"
+    )
+    accuracy_axis.set_xlabel("epoch")
+    accuracy_axis.set_ylabel("accuracy (%)")
+    accuracy_axis.legend()
+    figure.suptitle(
+        f"finetuning at {100 * metrics['macs_ratio']:.1f}% MACs, {100 * metrics['params_ratio']:.1f}% params"
+    )
+    figure.tight_layout()
+    from acp.fileio import atomic_write
+
+    atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
+    plt.close(figure)
