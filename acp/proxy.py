@@ -1,0 +1,581 @@
+"""The fast proxy evaluator: a width vector -> a score record, the inner loop of the search.
+
+One evaluation (``ProxyEvaluator.evaluate(widths)``):
+
+1. the criterion picks each group's kept channels -> :class:`~acp.arch.Architecture`;
+2. :func:`acp.prune.materialize` slices a copy of the base model, inheriting the kept weights;
+3. optional ``finetune_steps`` SGD steps on the calibration images (off by default);
+4. BatchNorm recalibration (EagleEye's adaptive BN): every BatchNorm's running statistics are reset and
+   re-estimated by cumulative averaging (``momentum=None``) over ``calibration_batches`` batches, forward
+   only, with the BatchNorms in train mode and every other layer in eval mode (so dropout stays off);
+5. accuracy and mean cross-entropy on the proxy-validation images, in eval mode.
+
+Score (higher is better, for maximization):
+
+- ``score="accuracy"`` (default): ``score = (correct + 1 / (1 + loss)) / n`` -- the accuracy, plus a
+  loss-based tie-breaker worth less than one image, so a higher accuracy always wins and equal accuracies
+  are ordered by lower loss;
+- ``score="loss"``: ``score = -loss`` (smoother on small slices).
+
+A failed evaluation (an exception, or a non-finite loss) is a :class:`Result` with ``score = -inf`` and
+``status = "failed: <reason>"``; it never raises. Results are cached per width vector, and an evaluation
+is deterministic: the same widths give the same score bit for bit in any process with the same torch
+thread count (set ``threads`` to pin it; BatchNorm and convolution reductions depend on the thread split).
+
+Shipping to workers: pickling an evaluator sends the base weights, the space, the criterion's rankings
+and the data (as numpy arrays, which ``joblib.Parallel``'s loky backend may memory-map instead of
+copying); caches are dropped (a ResNet-20 evaluator with default CIFAR data pickles to ~42 MB in
+~0.2 s, mostly images). In a worker process, unpickling an evaluator whose :attr:`ProxyEvaluator.token`
+was seen before returns that same object, caches included -- a worker-side singleton. With Dask,
+``client.scatter(evaluator, broadcast=True)`` (or joblib's ``parallel_config(backend="dask",
+scatter=[evaluator])``) sends it once per worker; with loky, the evaluator travels with each batch of
+tasks (send batches, not single candidates) and the singleton keeps the per-worker copy and its cache.
+See :func:`evaluate_widths` for a task function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import math
+import numbers
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acp.arch import Architecture, ModelIdentity
+from acp.errors import UserError, one_line
+from acp.proxy_data import ProxyData
+from acp.prune import materialize
+
+log = logging.getLogger(__name__)
+
+SCORES = ("accuracy", "loss")
+FAILED_SCORE = float("-inf")
+WORKER_REGISTRY_SIZE = 4  # evaluators kept alive per worker process (one per concurrent search is plenty)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How a candidate is scored. Validated once, in ``__post_init__`` (UserError naming the field).
+
+    Defaults: 20 calibration batches of 64 images (1,280 images; EagleEye used 100 x 128 on ImageNet,
+    CIFAR-sized nets settle with far fewer), evaluation batches of 500, no finetuning, NCHW layout.
+    Speed and rank fidelity of these defaults are in benchmarks/RESULTS.md (``bench_proxy.py``,
+    ``bench_proxy_fidelity.py``). ``channels_last`` is off: it made ResNet-20 forwards ~18% cheaper here,
+    but oneDNN's channels-last convolution *backward* (finetune steps) crashed on some pruned shapes with
+    torch 2.14. Use ``threads=1`` with one worker process per core rather than several threads.
+    """
+
+    calibration_batches: int = 20
+    calibration_batch_size: int = 64
+    eval_batch_size: int = 500
+    recalibrate_bn: bool = True
+    score: str = "accuracy"  # "accuracy" | "loss" (see the module docstring for the formulas)
+    finetune_steps: int = 0
+    finetune_lr: float = 0.01
+    finetune_momentum: float = 0.9
+    finetune_weight_decay: float = 5e-4
+    finetune_seed: int = 0
+    channels_last: bool = False
+    threads: int | None = None  # torch threads during an evaluation (None: leave torch's setting alone)
+    cache_size: int = 100_000  # results kept per evaluator (least recently used dropped first)
+
+    def __post_init__(self) -> None:
+        def integer(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise UserError(f"proxy settings: {name} must be an integer >= {low}, got {value!r}")
+
+        def flag(name: str) -> None:
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"proxy settings: {name} must be true or false, got {getattr(self, name)!r}")
+
+        def real(name: str, low: float, high: float) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or not low <= value < high:
+                raise UserError(f"proxy settings: {name} must be a number in [{low}, {high}), got {value!r}")
+
+        integer("calibration_batches", 0)
+        integer("calibration_batch_size", 1)
+        integer("eval_batch_size", 1)
+        integer("finetune_steps", 0)
+        integer("finetune_seed", 0)
+        integer("cache_size", 0)
+        if self.threads is not None:
+            integer("threads", 1)
+        flag("recalibrate_bn")
+        flag("channels_last")
+        if self.score not in SCORES:
+            raise UserError(f"proxy settings: score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        real("finetune_momentum", 0.0, 1.0)
+        real("finetune_weight_decay", 0.0, math.inf)
+        real("finetune_lr", 0.0, math.inf)
+        if self.finetune_steps and self.finetune_lr <= 0:
+            raise UserError("proxy settings: finetune_lr must be > 0 when finetune_steps > 0")
+        if self.recalibrate_bn and self.calibration_batches == 0:
+            raise UserError("proxy settings: calibration_batches must be >= 1 when recalibrate_bn is true")
+        if self.finetune_steps and self.calibration_batches == 0:
+            raise UserError("proxy settings: finetune_steps need calibration_batches >= 1 (their images)")
+
+    @property
+    def calibration_images(self) -> int:
+        return self.calibration_batches * self.calibration_batch_size
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> ProxySettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"proxy settings: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return cls(**dict(values))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One evaluation. ``score`` is maximized; a failed evaluation has ``score == -inf``."""
+
+    widths: tuple[int, ...]
+    score: float
+    accuracy: float  # nan when failed
+    loss: float  # mean cross-entropy; nan when failed
+    macs: int | None  # None when the widths were not even valid
+    params: int | None
+    seconds: float  # wall time of the evaluation that produced it (also on cache hits)
+    status: str  # "ok" or "failed: <reason>"
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["widths"] = list(self.widths)
+        return record
+
+
+class NonFiniteScore(ArithmeticError):
+    """The pruned network produced a NaN/inf loss."""
+
+
+# --- the steps of one evaluation, usable on their own ---------------------------------------------
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches``; returns the number of layers.
+
+    Statistics are reset, then accumulated as the plain average over batches of each batch's mean and
+    unbiased variance (``momentum=None``). Only the BatchNorms run in train mode; the model ends in eval
+    mode with the original momenta.
+    """
+    norms = batchnorm_layers(model)
+    if not norms:
+        return 0
+    momenta = [norm.momentum for norm in norms]
+    model.eval()
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+        with torch.inference_mode():
+            for batch in batches:
+                model(batch)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
+    return len(norms)
+
+
+def score_model(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[int, float]:
+    """(correct predictions, mean cross-entropy) of ``model`` in eval mode; NonFiniteScore on NaN/inf."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start : start + batch_size]).float()
+            batch_labels = labels[start : start + batch_size]
+            loss_sum += float(F.cross_entropy(logits, batch_labels, reduction="sum"))
+            correct += int((logits.argmax(1) == batch_labels).sum())
+    loss = loss_sum / len(images)
+    if not math.isfinite(loss):
+        raise NonFiniteScore(f"non-finite validation loss ({loss})")
+    return correct, loss
+
+
+def combined_score(correct: int, loss: float, count: int, kind: str) -> float:
+    """The documented score formula (module docstring)."""
+    if kind == "loss":
+        return -loss
+    return (correct + 1.0 / (1.0 + loss)) / count
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` torch threads (None: unchanged), restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- the evaluator -----------------------------------------------------------------------------------
+
+
+class ProxyEvaluator:
+    """Scores width vectors of ``space`` by the recipe in the module docstring.
+
+    ``criterion`` chooses the kept channels: anything with ``select(group_id, width) -> sorted indices``;
+    if it also has ``ranking(group_id)`` (acp's criteria do), the rankings are read once here and the
+    criterion object itself is not kept. ``identity`` names the model in the Architectures it builds
+    (default: a placeholder ``"<in-memory>"`` -- pass the real one to save ``architecture(...)`` results).
+    The base model is copied; later changes to the caller's model do not affect scores.
+    """
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        space,
+        criterion,
+        data: ProxyData,
+        settings: ProxySettings | None = None,
+        *,
+        identity: ModelIdentity | None = None,
+    ):
+        settings = ProxySettings() if settings is None else settings
+        if not isinstance(settings, ProxySettings):
+            raise UserError(f"proxy settings: expected ProxySettings, got {type(settings).__name__}")
+        if not isinstance(data, ProxyData):
+            raise UserError(f"proxy data: expected ProxyData, got {type(data).__name__}")
+        if not isinstance(base_model, nn.Module):
+            raise UserError(f"base_model: expected a torch.nn.Module, got {type(base_model).__name__}")
+        if not hasattr(criterion, "select"):
+            raise UserError(f"criterion: expected an object with select(group_id, width), got {criterion!r}")
+        data.calibration_batches(settings.calibration_batch_size, settings.calibration_batches)  # enough?
+        expected = tuple(space.input_shape[1:])
+        if tuple(data.validation_images.shape[1:]) != expected:
+            raise UserError(
+                f"proxy data: images are {tuple(data.validation_images.shape[1:])}, the space was built for "
+                f"{expected}"
+            )
+        self.settings = settings
+        self.space = space
+        self.data = data
+        self.identity = identity or ModelIdentity("<in-memory>", None, expected, {})
+        self.criterion_name = str(getattr(criterion, "name", type(criterion).__name__))
+        self._base = copy.deepcopy(base_model).eval()
+        if hasattr(criterion, "ranking"):
+            self._rankings: dict[str, np.ndarray] | None = {
+                group.id: np.asarray(criterion.ranking(group.id), dtype=np.int64) for group in space.groups
+            }
+            self._criterion = None
+        else:
+            self._rankings, self._criterion = None, criterion
+        self.token = self._compute_token()
+        self._reset_runtime_state()
+
+    def _reset_runtime_state(self) -> None:
+        self._cache: OrderedDict[tuple[int, ...], Result] = OrderedDict()
+        self._inputs: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
+        self._validation_cl: torch.Tensor | None = None
+        self.evaluations = 0  # evaluations actually run (cache misses)
+        self.cache_hits = 0
+
+    # --- public API --------------------------------------------------------------------------------
+
+    def evaluate(self, widths) -> Result:
+        """Score one width vector (a sequence in space order or a mapping id -> width); never raises
+        for a bad candidate: failures come back as ``Result(status="failed: ...", score=-inf)``."""
+        try:
+            key = self._key(widths)
+        except Exception as error:  # not even a width vector: report, do not cache
+            return self._failed((), None, None, 0.0, error)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.cache_hits += 1
+            return replace(hit, cached=True)
+        result = self._run(key)
+        self.evaluations += 1
+        if self.settings.cache_size:
+            self._cache[key] = result
+            while len(self._cache) > self.settings.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def keep(self, widths) -> dict[str, tuple[int, ...]]:
+        """Kept channel indices per group id for ``widths`` (what the criterion selects)."""
+        key = self._key(widths)
+        return {group.id: self._select(group.id, width) for group, width in zip(self.space.groups, key)}
+
+    def architecture(self, widths, *, budget: Mapping | None = None, provenance: Mapping | None = None):
+        """The Architecture an evaluation of ``widths`` materializes (for ``best_arch.json``)."""
+        key = self._key(widths)
+        return Architecture.from_widths(
+            self.space,
+            self.identity,
+            list(key),
+            self.keep(key),
+            budget=budget,
+            space_settings=dict(self.space.settings),
+            provenance={"criterion": self.criterion_name, "created": None, **dict(provenance or {})},
+        )
+
+    def pruned_model(self, widths) -> nn.Module:
+        """The materialized candidate, BatchNorm recalibrated (finetuned if set), in eval mode."""
+        key = self._key(widths)
+        with torch_threads(self.settings.threads):
+            return self._prepare(key)
+
+    def describe(self) -> dict:
+        """Settings, data description and criterion, for a run directory."""
+        return {
+            "settings": asdict(self.settings),
+            "data": dict(self.data.description),
+            "criterion": self.criterion_name,
+            "token": self.token,
+        }
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @property
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+    # --- one evaluation ----------------------------------------------------------------------------
+
+    def _run(self, key: tuple[int, ...]) -> Result:
+        began = time.perf_counter()
+        macs = params = None
+        try:
+            macs, params = self.space.cost(np.asarray(key, dtype=np.int64))
+            with torch_threads(self.settings.threads):
+                model = self._prepare(key)
+                _, _, labels = self._batches()
+                images = self._validation_inputs()
+                correct, loss = score_model(model, images, labels, self.settings.eval_batch_size)
+        except Exception as error:
+            return self._failed(key, macs, params, time.perf_counter() - began, error)
+        count = len(labels)
+        return Result(
+            widths=key,
+            score=combined_score(correct, loss, count, self.settings.score),
+            accuracy=correct / count,
+            loss=loss,
+            macs=int(macs),
+            params=int(params),
+            seconds=time.perf_counter() - began,
+            status="ok",
+        )
+
+    def _prepare(self, key: tuple[int, ...]) -> nn.Module:
+        architecture = self.architecture(key)
+        model = materialize(self._base, architecture, self.space)
+        if self.settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        calibration, calibration_labels, _ = self._batches()
+        if self.settings.finetune_steps:
+            self._finetune(model, calibration, calibration_labels)
+        if self.settings.recalibrate_bn:
+            recalibrate_batchnorm(model, calibration)
+        return model.eval()
+
+    def _finetune(self, model: nn.Module, images: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
+        settings = self.settings
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=settings.finetune_lr,
+            momentum=settings.finetune_momentum,
+            weight_decay=settings.finetune_weight_decay,
+        )
+        model.train()
+        # dropout & co. draw from torch's global RNG: seed it inside a fork so the caller's state survives
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(settings.finetune_seed)
+            for step in range(settings.finetune_steps):
+                batch = step % len(images)
+                loss = F.cross_entropy(model(images[batch]), labels[batch])
+                if not torch.isfinite(loss):
+                    raise NonFiniteScore(f"non-finite loss at finetune step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.eval()
+
+    def _failed(self, key, macs, params, seconds: float, error: Exception) -> Result:
+        reason = one_line(f"{type(error).__name__}: {error}")[:500]
+        log.warning("proxy evaluation of %s failed: %s", list(key), reason)
+        return Result(
+            widths=tuple(key),
+            score=FAILED_SCORE,
+            accuracy=math.nan,
+            loss=math.nan,
+            macs=None if macs is None else int(macs),
+            params=None if params is None else int(params),
+            seconds=seconds,
+            status=f"failed: {reason}",
+        )
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _key(self, widths) -> tuple[int, ...]:
+        matrix, single = self.space.as_matrix(widths)
+        if not single:
+            raise UserError(f"widths: expected one width vector, got {matrix.shape[0]}")
+        return tuple(int(width) for width in matrix[0])
+
+    def _select(self, group_id: str, width: int) -> tuple[int, ...]:
+        if self._rankings is not None:
+            ranking = self._rankings[group_id]
+            if not 1 <= width <= len(ranking):
+                raise UserError(f"group {group_id!r}: width {width} out of range 1..{len(ranking)}")
+            return tuple(np.sort(ranking[:width]).tolist())
+        return tuple(int(index) for index in self._criterion.select(group_id, width))
+
+    def _batches(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Calibration image batches, their label batches, validation labels (built once, lazily)."""
+        if self._inputs is None:
+            settings = self.settings
+            images = self.data.calibration_batches(
+                settings.calibration_batch_size, settings.calibration_batches
+            )
+            size = settings.calibration_batch_size
+            labels = [self.data.calibration_labels[i * size : (i + 1) * size] for i in range(len(images))]
+            if settings.channels_last:
+                images = [batch.contiguous(memory_format=torch.channels_last) for batch in images]
+            self._inputs = (images, labels, self.data.validation_labels)
+        return self._inputs
+
+    def _validation_inputs(self) -> torch.Tensor:
+        if self.settings.channels_last:
+            if self._validation_cl is None:
+                self._validation_cl = self.data.validation_images.contiguous(
+                    memory_format=torch.channels_last
+                )
+            return self._validation_cl
+        return self.data.validation_images
+
+    def _compute_token(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(repr(sorted(asdict(self.settings).items())).encode())
+        digest.update(self.data.fingerprint().encode())
+        digest.update(repr([(g.id, g.full_width) for g in self.space.groups]).encode())
+        for name, tensor in self._base.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self._rankings is not None:
+            for group_id, ranking in self._rankings.items():
+                digest.update(group_id.encode() + ranking.tobytes())
+        else:
+            digest.update(f"criterion@{id(self._criterion)}".encode())  # opaque: never shared by token
+        return digest.hexdigest()[:24]
+
+    # --- pickling: ship state once, rebuild lazily -------------------------------------------------
+
+    def __reduce__(self):
+        state = {
+            "base": self._base,
+            "space": self.space,
+            "rankings": self._rankings,
+            "criterion": self._criterion,
+            "criterion_name": self.criterion_name,
+            "data": self.data.__getstate__(),
+            "settings": self.settings,
+            "identity": self.identity,
+        }
+        return (_restore_evaluator, (self.token, state))
+
+    def __deepcopy__(self, memo):
+        clone = object.__new__(ProxyEvaluator)
+        _install_state(clone, self.token, copy.deepcopy(self.__reduce__()[1][1], memo))
+        return clone
+
+
+_WORKER_EVALUATORS: OrderedDict[str, ProxyEvaluator] = OrderedDict()
+
+
+def _install_state(evaluator: ProxyEvaluator, token: str, state: dict) -> None:
+    data = ProxyData.__new__(ProxyData)
+    data.__setstate__(state["data"])
+    evaluator.settings = state["settings"]
+    evaluator.space = state["space"]
+    evaluator.data = data
+    evaluator.identity = state["identity"]
+    evaluator.criterion_name = state["criterion_name"]
+    evaluator._base = state["base"]
+    evaluator._rankings = state["rankings"]
+    evaluator._criterion = state["criterion"]
+    evaluator.token = token
+    evaluator._reset_runtime_state()
+
+
+def _restore_evaluator(token: str, state: dict) -> ProxyEvaluator:
+    """Unpickling hook: the process-wide evaluator for ``token`` (built on first sight)."""
+    existing = _WORKER_EVALUATORS.get(token)
+    if existing is not None:
+        _WORKER_EVALUATORS.move_to_end(token)
+        return existing
+    evaluator = object.__new__(ProxyEvaluator)
+    _install_state(evaluator, token, state)
+    _WORKER_EVALUATORS[token] = evaluator
+    while len(_WORKER_EVALUATORS) > WORKER_REGISTRY_SIZE:
+        _WORKER_EVALUATORS.popitem(last=False)
+    return evaluator
+
+
+def evaluate_widths(evaluator: ProxyEvaluator, widths_batch: Sequence) -> list[Result]:
+    """Task function for joblib/Dask: score several width vectors with a (worker-side) evaluator."""
+    return [evaluator.evaluate(widths) for widths in widths_batch]
+
+
+def default_proxy_data(
+    data, train_indices: np.ndarray, settings: ProxySettings, *, validation_images: int = 2000, seed: int = 0
+) -> ProxyData:
+    """ProxyData sized for ``settings`` (``calibration_batches * calibration_batch_size`` images)."""
+    return ProxyData.from_image_data(
+        data,
+        train_indices,
+        calibration_images=max(1, settings.calibration_images),
+        validation_images=validation_images,
+        seed=seed,
+    )
+
+
+__all__ = [
+    "FAILED_SCORE",
+    "ProxyData",
+    "ProxyEvaluator",
+    "ProxySettings",
+    "Result",
+    "batchnorm_layers",
+    "combined_score",
+    "default_proxy_data",
+    "evaluate_widths",
+    "recalibrate_batchnorm",
+    "score_model",
+]
