@@ -1,0 +1,168 @@
+"""Budget repair: project any vector of keep ratios onto the FLOPs/params budget before it is scored.
+
+Every candidate the search evaluates has gone through :meth:`Budget.repair`:
+
+1. *scale*: the widths ``snap(scale * keep_ratio * full_width)`` grow monotonically with ``scale``, and so
+   do their MACs and params (the cost model is a polynomial with non-negative coefficients). Bisection on
+   one global ``scale`` per particle finds the largest widths that still fit the budget, so the particle's
+   *shape* (which groups are wide, which narrow) is kept;
+2. *fix-up*: rounding leaves a gap below the target; single allowed-width steps are added greedily, the
+   group furthest below its scaled ratio first, while the candidate still fits.
+
+The result fits the budget exactly (integer MACs/params from the exact cost model) and usually lies within
+``tolerance`` (1%) below the binding target; when rounding makes that impossible the gap is reported by
+:meth:`Budget.gap`, never hidden.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from acp.errors import UserError
+
+BISECTION_STEPS = 48
+DEFAULT_TOLERANCE = 0.01
+
+
+def _ratio(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise UserError(f"budget --{name}: expected a ratio in (0, 1], got {value!r}")
+    if not 0 < value <= 1:
+        raise UserError(f"budget --{name}: expected a ratio in (0, 1], got {value!r}")
+    return float(value)
+
+
+class Budget:
+    """A MACs ("flops") and/or params ratio of the base model, checked against ``space`` on creation.
+
+    Raises UserError when neither ratio is given, or when even the smallest widths the space allows
+    exceed it (the message names the minimum achievable ratio).
+    """
+
+    def __init__(
+        self, space, *, flops: float | None = None, params: float | None = None, tolerance=DEFAULT_TOLERANCE
+    ):
+        self.space = space
+        self.flops = _ratio("flops", flops)
+        self.params = _ratio("params", params)
+        if self.flops is None and self.params is None:
+            raise UserError("budget: give --flops R and/or --params R (ratios of the base model)")
+        self.tolerance = float(tolerance)
+        self.max_macs = None if self.flops is None else self.flops * space.base_macs
+        self.max_params = None if self.params is None else self.params * space.base_params
+        self.full = np.asarray(space.full_widths(), dtype=np.int64)
+        self.minimum = np.asarray(space.min_widths(), dtype=np.int64)
+        self.step = np.array([group.round_to for group in space.groups], dtype=np.int64)
+        min_macs, min_params = space.cost(self.minimum)
+        self.min_flops_ratio = min_macs / space.base_macs
+        self.min_params_ratio = min_params / space.base_params
+        for name, ratio, least in (
+            ("flops", self.flops, self.min_flops_ratio),
+            ("params", self.params, self.min_params_ratio),
+        ):
+            if ratio is not None and ratio < least:
+                smallest = math.ceil(least * 10_000) / 10_000
+                raise UserError(
+                    f"budget --{name} {ratio:g} is infeasible: the smallest widths the space allows "
+                    f"(min_keep={space.settings.get('min_keep')}, round_to={space.settings.get('round_to')}) "
+                    f"keep {least:.2%} of the base {'MACs' if name == 'flops' else 'params'}; the minimum "
+                    f"achievable --{name} is {smallest:g}"
+                )
+
+    def as_dict(self) -> dict:
+        return {"flops": self.flops, "params": self.params}
+
+    def describe(self) -> str:
+        parts = []
+        if self.flops is not None:
+            parts.append(f"MACs <= {self.flops:.1%}")
+        if self.params is not None:
+            parts.append(f"params <= {self.params:.1%}")
+        return " and ".join(parts)
+
+    # --- checks --------------------------------------------------------------------------------------
+
+    def fits(self, macs, params) -> np.ndarray | bool:
+        """Whether costs (scalars or arrays) are within the budget."""
+        ok = np.ones(np.shape(macs), dtype=bool)
+        if self.max_macs is not None:
+            ok &= np.asarray(macs) <= self.max_macs
+        if self.max_params is not None:
+            ok &= np.asarray(params) <= self.max_params
+        return ok if ok.ndim else bool(ok)
+
+    def gap(self, macs, params) -> np.ndarray | float:
+        """Relative distance below the binding target: 0 = exactly on it, 0.01 = 1% below."""
+        gaps = []
+        if self.max_macs is not None:
+            gaps.append(1.0 - np.asarray(macs, dtype=np.float64) / self.max_macs)
+        if self.max_params is not None:
+            gaps.append(1.0 - np.asarray(params, dtype=np.float64) / self.max_params)
+        result = np.minimum.reduce(gaps) if len(gaps) > 1 else gaps[0]
+        return result if np.ndim(result) else float(result)
+
+    # --- repair --------------------------------------------------------------------------------------
+
+    def repair(self, keep_ratios) -> np.ndarray:
+        """(P, G) keep ratios (or one vector) -> allowed integer widths that fit the budget, as close to
+        it as rounding allows, preserving each particle's relative shape."""
+        ratios = np.asarray(keep_ratios, dtype=np.float64)
+        single = ratios.ndim == 1
+        ratios = np.atleast_2d(ratios)
+        if ratios.shape[1] != len(self.full) or not np.all(np.isfinite(ratios)):
+            raise ValueError(f"keep ratios must be finite with {len(self.full)} columns, got {ratios.shape}")
+        desired = np.clip(ratios, 1e-6, None) * self.full  # a zero ratio would make the scale meaningless
+        low = np.zeros(len(desired))  # widths(low) fit: they are the minimum widths
+        high = (self.full / desired).max(axis=1)  # widths(high) are the full widths
+        full_fits = self._fits(self._widths(desired, high))
+        for _ in range(BISECTION_STEPS):
+            middle = 0.5 * (low + high)
+            fits = self._fits(self._widths(desired, middle))
+            low = np.where(fits, middle, low)
+            high = np.where(fits, high, middle)
+        widths = self._widths(desired, low)
+        for row in np.flatnonzero(~full_fits):
+            widths[row] = self._fill(widths[row], desired[row] * high[row])
+        widths[full_fits] = self.full
+        return widths[0] if single else widths
+
+    def _widths(self, desired: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return self.space.snap(np.clip(desired * scale[:, None], self.minimum, self.full))
+
+    def _fits(self, widths: np.ndarray) -> np.ndarray:
+        macs, params = self.space.cost(widths)
+        return self.fits(macs, params)
+
+    def _fill(self, widths: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Greedy fix-up of rounding: add one allowed step at a time while the candidate still fits."""
+        widths = widths.copy()
+        blocked = np.zeros(len(widths), dtype=bool)
+        while True:
+            grow = ~blocked & (widths < self.full)
+            if not grow.any():
+                return widths
+            candidates = np.flatnonzero(grow)
+            stepped = np.minimum(
+                (widths[candidates] // self.step[candidates] + 1) * self.step[candidates],
+                self.full[candidates],
+            )
+            trial = np.repeat(widths[None, :], len(candidates), axis=0)
+            trial[np.arange(len(candidates)), candidates] = stepped
+            fits = self._fits(trial)
+            blocked[candidates[~fits]] = True  # costs only grow: a step that does not fit never will
+            if not fits.any():
+                return widths
+            shortfall = (target[candidates] - widths[candidates]) / self.full[candidates]
+            shortfall[~fits] = -np.inf
+            best = int(np.argmax(shortfall))  # first maximum: ties go to the earlier group
+            widths[candidates[best]] = stepped[best]
+
+
+def budget_from(space, budget: Mapping | Budget) -> Budget:
+    return budget if isinstance(budget, Budget) else Budget(space, **dict(budget))

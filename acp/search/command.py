@@ -1,0 +1,104 @@
+"""The ``acp search`` subcommand: flags -> :func:`acp.search.run.search` -> a printed summary.
+
+Wire it into the main parser with ``register(subparsers)``; the handler returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from acp.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1], got {text!r}")
+    return value
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``search`` to an ``argparse`` subparsers object; returns the new parser."""
+    parser = subparsers.add_parser(
+        "search",
+        help="PSO search for the best architecture under a FLOPs/params budget",
+        description="Search channel widths under a MACs (FLOPs) and/or params budget with a particle swarm "
+        "seeded by feature-map clustering. Writes OUT/best_arch.json, history.sqlite, a checkpoint "
+        "(resume with --resume OUT) and report.png.",
+    )
+    parser.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
+    parser.add_argument("--out", help="new run directory")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (with DIR/config.toml)")
+    parser.add_argument("--flops", type=_ratio, help="keep at most this ratio of the base MACs")
+    parser.add_argument("--params", type=_ratio, help="keep at most this ratio of the base params")
+    parser.add_argument("--iterations", type=_positive_int, help="PSO iterations (config [search])")
+    parser.add_argument("--particles", type=_positive_int, help="particles per iteration")
+    parser.add_argument("--seed", type=_non_negative_int, help="seed of the search")
+    parser.add_argument(
+        "--patience", type=_non_negative_int, help="stop after N iterations without improvement (0: never)"
+    )
+    parser.add_argument("--time-limit", help="stop after this long, e.g. 8h, 90m, 1h30m (total over resumes)")
+    parser.add_argument("--workers", type=int, help="parallel local worker processes (loky)")
+    parser.add_argument(
+        "--dask-scheduler", metavar="ADDR", help="evaluate on a Dask cluster, e.g. tcp://10.0.0.1:8786"
+    )
+    parser.add_argument("--backend", choices=["loky", "dask", "ray"], help="parallel backend")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_command)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from acp.search.run import search
+    from acp.search.settings import parse_duration
+
+    if args.out is None and args.resume is None:
+        raise UserError("acp search: give --out DIR for a new run or --resume DIR")
+    if args.out is not None and args.resume is not None:
+        raise UserError("acp search: give either --out or --resume, not both")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"acp search: --workers must be >= 1, got {args.workers}")
+    parse_duration(args.time_limit)  # a bad duration is reported before any work
+    result = search(
+        args.config,
+        out=args.out,
+        resume=args.resume,
+        flops=args.flops,
+        params=args.params,
+        iterations=args.iterations,
+        particles=args.particles,
+        seed=args.seed,
+        patience=args.patience,
+        workers=args.workers,
+        backend=args.backend,
+        dask_scheduler=args.dask_scheduler,
+        time_limit=args.time_limit,
+        progress=not args.quiet,
+    )
+    for line in result.summary_lines():
+        print(line)
+    print(f"best architecture: {result.run_dir / 'best_arch.json'}; report: {result.run_dir / 'report.png'}")
+    return 0

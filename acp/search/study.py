@@ -1,0 +1,424 @@
+"""The search loop: ask -> repair -> evaluate -> record -> tell -> checkpoint, resumable at any point.
+
+A :class:`Study` ties together objects that know nothing of each other's internals: the swarm proposes
+keep ratios (:mod:`acp.search.pso`), the budget repairs them (:mod:`acp.search.budget`), a backend runs
+the evaluator on them (:mod:`acp.search.backends`), and the store records everything
+(:mod:`acp.search.store`). The run directory (contract, DESIGN.md) holds ``history.sqlite``,
+``checkpoint.json`` (+ ``checkpoint.prev.json``), ``best_arch.json`` and, at the end, ``report.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from acp.errors import UserError
+from acp.search import store
+from acp.search.backends import make_backend
+from acp.search.budget import Budget
+from acp.search.encoding import KeepRatioEncoding
+from acp.search.pso import ParticleSwarm
+from acp.search.settings import SearchSettings
+
+log = logging.getLogger(__name__)
+
+BEST_ARCH_FILE = "best_arch.json"
+REPORT_FILE = "report.png"
+RUN_STATE_FILES = (store.HISTORY_FILE, store.CHECKPOINT_FILE, store.PREVIOUS_CHECKPOINT_FILE, BEST_ARCH_FILE)
+
+
+@dataclass
+class SearchResult:
+    """What a search found. ``proposal``/``uniform`` are the evaluation records of the clustering proposal
+    and the uniform-ratio baseline (particles 0 and 1 of iteration 0, both repaired onto the budget)."""
+
+    run_dir: Path
+    group_ids: tuple[str, ...]
+    best: dict | None  # {"score", "widths", "macs", "params", "iteration", "particle", "accuracy", "loss"}
+    proposal: dict | None
+    uniform: dict | None
+    iterations: int
+    evaluations: int
+    failed: int
+    stopped: str  # "iterations" | "patience" | "time_limit" | "interrupted"
+    best_per_iteration: list[float]
+    base_macs: int
+    base_params: int
+    budget: dict
+    seconds: float
+    architecture: object | None = field(default=None, repr=False)
+
+    @property
+    def best_widths(self) -> dict[str, int] | None:
+        return None if self.best is None else dict(zip(self.group_ids, self.best["widths"]))
+
+    @property
+    def best_score(self) -> float | None:
+        return None if self.best is None else self.best["score"]
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"{'':<22}{'score':>10}{'accuracy':>10}{'MACs':>9}{'params':>9}"]
+        for name, record in (
+            ("best (PSO)", self.best),
+            ("clustering proposal", self.proposal),
+            ("uniform ratio", self.uniform),
+        ):
+            if record is None or record.get("score") is None:
+                lines.append(f"{name:<22}{'failed' if record else '-':>10}")
+                continue
+            accuracy = record.get("accuracy")
+            lines.append(
+                f"{name:<22}{record['score']:>10.4f}"
+                f"{'' if accuracy is None else f'{accuracy:.2%}':>10}"
+                f"{record['macs'] / self.base_macs:>9.1%}{record['params'] / self.base_params:>9.1%}"
+            )
+        lines.append(
+            f"{self.evaluations} evaluations ({self.failed} failed) in {self.iterations} iterations, "
+            f"{self.seconds:.0f} s; stopped: {self.stopped}; MACs counted as FLOPs"
+        )
+        return lines
+
+
+class Study:
+    """One search in one run directory. ``run()`` starts it, or continues it when ``resume=True``.
+
+    ``evaluator.evaluate(widths) -> result`` with ``score`` (maximized), ``accuracy``, ``loss``, ``macs``,
+    ``params``, ``seconds``, ``status`` (``"ok"`` / ``"failed: ..."``). ``architecture(widths) ->
+    Architecture`` (default: ``evaluator.architecture`` when it has one) makes ``best_arch.json``.
+    ``fingerprint`` adds anything else a resumed run must agree on (config, weights, data digests).
+    """
+
+    def __init__(
+        self,
+        space,
+        evaluator,
+        budget: Budget,
+        settings: SearchSettings,
+        run_dir: str | Path,
+        *,
+        proposal_widths=None,
+        architecture: Callable | None = None,
+        fingerprint: dict | None = None,
+        progress: bool = False,
+    ):
+        self.space = space
+        self.evaluator = evaluator
+        self.budget = budget
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.encoding = KeepRatioEncoding(space)
+        self.proposal_widths = (
+            None if proposal_widths is None else np.asarray(proposal_widths, dtype=np.int64)
+        )
+        if architecture is None and hasattr(evaluator, "architecture"):
+            architecture = evaluator.architecture
+        self.architecture = architecture
+        self.progress = progress
+        self.fingerprint = {
+            "search": settings.fingerprint(),
+            "budget": budget.as_dict(),
+            "groups": [
+                [group.id, int(group.full_width), int(group.min_width), int(group.round_to)]
+                for group in space.groups
+            ],
+            "proposal": None if self.proposal_widths is None else self.proposal_widths.tolist(),
+            "evaluator": getattr(evaluator, "token", None),
+            **(fingerprint or {}),
+        }
+
+    # --- public ------------------------------------------------------------------------------------
+
+    def run(self, *, resume: bool = False) -> SearchResult:
+        """Run until a stopping rule fires; Ctrl-C stops after the last checkpoint (KeyboardInterrupt
+        propagates, the directory stays resumable)."""
+        history = self._open(resume)
+        backend = None
+        try:
+            if self.state["stopped"] is None or self.state["stopped"] == "time_limit":
+                self.state["stopped"] = None
+                backend = make_backend(
+                    self.evaluator,
+                    workers=self.settings.workers,
+                    backend=self.settings.backend,
+                    dask_scheduler=self.settings.dask_scheduler,
+                    scheduler_timeout=self.settings.scheduler_timeout,
+                )
+                self._loop(history, backend)
+            result = self._result(history)
+        except KeyboardInterrupt:
+            log.warning(
+                "interrupted: %s is resumable with `acp search --resume %s`", self.run_dir, self.run_dir
+            )
+            raise
+        finally:
+            if backend is not None:
+                backend.close()
+            history.close()
+        self._write_report(result)
+        return result
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def _open(self, resume: bool) -> store.History:
+        history_path = self.run_dir / store.HISTORY_FILE
+        lower, upper = self.encoding.bounds
+        proposal = None if self.proposal_widths is None else self.encoding.encode(self.proposal_widths)
+        self.swarm = ParticleSwarm(self.settings, lower, upper, proposal=proposal)
+        if not resume:
+            existing = [name for name in RUN_STATE_FILES if (self.run_dir / name).exists()]
+            if existing or (self.run_dir.exists() and not self.run_dir.is_dir()):
+                what = ", ".join(existing) or "not a directory"
+                raise UserError(
+                    f"--out {self.run_dir} already holds a search ({what}); "
+                    f"pick a new directory or pass --resume {self.run_dir}"
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            history = store.History(history_path, create=True)
+            self.state = {
+                "iteration": 0,
+                "evaluations": 0,
+                "failed": 0,
+                "best": None,
+                "proposal": None,
+                "uniform": None,
+                "best_per_iteration": [],
+                "since_improvement": 0,
+                "elapsed": 0.0,
+                "stopped": None,
+            }
+            self._checkpoint()
+            return history
+        if not self.run_dir.is_dir():
+            raise UserError(f"--resume {self.run_dir}: no such run directory")
+        checkpoint = store.read_checkpoint(self.run_dir)
+        history = store.History(history_path)
+        try:
+            self._check_fingerprint(checkpoint["fingerprint"])
+            self.swarm.load_state_dict(checkpoint["swarm"])
+            self.state = checkpoint["study"]
+            dropped = history.truncate(self.state["iteration"])
+            if dropped:
+                log.warning(
+                    "dropped %d history rows of an iteration the checkpoint does not cover; "
+                    "that iteration is evaluated again",
+                    dropped,
+                )
+            if len(history) != self.state["evaluations"]:
+                raise UserError(
+                    f"{history.path} has {len(history)} rows but the checkpoint expects "
+                    f"{self.state['evaluations']}: the run directory was modified"
+                )
+        except BaseException:
+            history.close()
+            raise
+        return history
+
+    def _check_fingerprint(self, stored: dict) -> None:
+        current = _jsonable(self.fingerprint)
+        if stored == current:
+            return
+        for key in sorted(set(stored) | set(current)):
+            if stored.get(key) != current.get(key):
+                detail = _first_difference(stored.get(key), current.get(key), key)
+                raise UserError(
+                    f"--resume {self.run_dir}: the run was made with a different configuration "
+                    f"({detail}); resume with the run's own config.toml or start a new run"
+                )
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def _loop(self, history: store.History, backend) -> None:
+        from tqdm.auto import tqdm
+
+        settings, state = self.settings, self.state
+        session_began, session_evaluations = time.perf_counter(), 0
+        elapsed_before = state["elapsed"]
+        bar = tqdm(
+            total=settings.iterations,
+            initial=state["iteration"],
+            disable=not self.progress,
+            unit="iter",
+            desc="search",
+            dynamic_ncols=True,
+            leave=True,
+        )
+        try:
+            while (reason := self._stop_reason()) is None:
+                iteration = state["iteration"]
+                began = time.perf_counter()
+                raw = self.swarm.ask()
+                widths = self.budget.repair(raw)
+                records = backend.map(widths.tolist())
+                rows = self._rows(iteration, widths, records)
+                history.add(rows)
+                costs = np.array([math.inf if row["score"] is None else -row["score"] for row in rows])
+                self.swarm.tell(self.encoding.encode(widths), costs)
+                self._update_best(iteration, rows)
+                state["iteration"] = iteration + 1
+                state["evaluations"] += len(rows)
+                state["failed"] += sum(row["score"] is None for row in rows)
+                state["elapsed"] = elapsed_before + (time.perf_counter() - session_began)
+                self._checkpoint()
+                session_evaluations += len(rows)
+                bar.update(1)
+                bar.set_postfix_str(self._postfix(session_evaluations, time.perf_counter() - session_began))
+                log.debug("iteration %d done in %.2f s", iteration, time.perf_counter() - began)
+        finally:
+            bar.close()
+        state["stopped"] = reason
+        self._checkpoint()
+
+    def _stop_reason(self) -> str | None:
+        state, settings = self.state, self.settings
+        if state["iteration"] >= settings.iterations:
+            return "iterations"
+        if settings.patience and state["since_improvement"] >= settings.patience:
+            return "patience"
+        limit = settings.time_limit_seconds
+        if limit is not None and state["elapsed"] >= limit:
+            return "time_limit"
+        return None
+
+    def _rows(self, iteration: int, widths: np.ndarray, records: list[dict]) -> list[dict]:
+        macs, params = self.space.cost(widths)
+        gaps = self.budget.gap(macs, params)
+        far = int(np.sum(gaps > self.settings.tolerance))
+        if far:
+            log.warning(
+                "iteration %d: %d candidates are more than %.1f%% below the budget (rounding)",
+                iteration,
+                far,
+                100 * self.settings.tolerance,
+            )
+        rows = []
+        for particle, (row_widths, record) in enumerate(zip(widths, records)):
+            row = dict(record)
+            row.update(
+                iteration=iteration,
+                particle=particle,
+                widths=[int(w) for w in row_widths],
+                macs=int(macs[particle]),
+                params=int(params[particle]),
+            )
+            rows.append(row)
+        return rows
+
+    def _update_best(self, iteration: int, rows: list[dict]) -> None:
+        state = self.state
+        if iteration == 0:
+            state["proposal"], state["uniform"] = _summary(rows[0]), _summary(rows[1])
+        improved = False
+        for row in rows:
+            best = state["best"]
+            if row["score"] is not None and (best is None or row["score"] > best["score"]):
+                state["best"] = {**_summary(row), "evaluations": state["evaluations"] + row["particle"] + 1}
+                improved = True
+        state["since_improvement"] = 0 if improved or iteration == 0 else state["since_improvement"] + 1
+        best = state["best"]
+        state["best_per_iteration"].append(None if best is None else best["score"])
+        if improved:
+            self._write_best()
+
+    def _write_best(self) -> None:
+        if self.architecture is None:
+            return
+        best = self.state["best"]
+        provenance = {
+            "source": "search",
+            "seed": self.settings.seed,
+            "criterion": self.settings.criterion,
+            "evaluations": best["evaluations"],
+            "proxy_score": best["score"],
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        architecture = self.architecture(best["widths"], budget=self.budget.as_dict(), provenance=provenance)
+        architecture.save(self.run_dir / BEST_ARCH_FILE)
+
+    def _checkpoint(self) -> None:
+        store.write_checkpoint(
+            self.run_dir,
+            {
+                "fingerprint": _jsonable(self.fingerprint),
+                "swarm": self.swarm.state_dict(),
+                "study": self.state,
+            },
+        )
+
+    def _postfix(self, evaluations: int, seconds: float) -> str:
+        best = self.state["best"]
+        if best is None:
+            return "no successful evaluation yet"
+        return (
+            f"best {best['score']:.4f} MACs {best['macs'] / self.space.base_macs:.1%} "
+            f"params {best['params'] / self.space.base_params:.1%} "
+            f"{evaluations / max(seconds, 1e-9):.2f} eval/s"
+        )
+
+    # --- results -----------------------------------------------------------------------------------
+
+    def _result(self, history: store.History) -> SearchResult:
+        state = self.state
+        architecture = None
+        best_path = self.run_dir / BEST_ARCH_FILE
+        if best_path.is_file():
+            from acp.arch import Architecture
+
+            architecture = Architecture.load(best_path)
+        return SearchResult(
+            run_dir=self.run_dir,
+            group_ids=tuple(group.id for group in self.space.groups),
+            best=state["best"],
+            proposal=state["proposal"],
+            uniform=state["uniform"],
+            iterations=state["iteration"],
+            evaluations=state["evaluations"],
+            failed=state["failed"],
+            stopped=state["stopped"] or "interrupted",
+            best_per_iteration=list(state["best_per_iteration"]),
+            base_macs=int(self.space.base_macs),
+            base_params=int(self.space.base_params),
+            budget=self.budget.as_dict(),
+            seconds=state["elapsed"],
+            architecture=architecture,
+        )
+
+    def _write_report(self, result: SearchResult) -> None:
+        try:
+            from acp.report import search_report
+
+            history = store.History(self.run_dir / store.HISTORY_FILE)
+            try:
+                rows = history.rows()
+            finally:
+                history.close()
+            search_report(self.run_dir / REPORT_FILE, result, rows, self.space.full_widths())
+        except Exception as error:  # a plot must never cost the user the search result
+            log.warning("could not write %s: %s", self.run_dir / REPORT_FILE, error)
+
+
+def _summary(row: dict) -> dict:
+    keys = ("score", "accuracy", "loss", "macs", "params", "iteration", "particle", "widths", "status")
+    return {key: row.get(key) for key in keys}
+
+
+def _jsonable(value):
+    """Normalize through JSON so a fingerprint compares equal to its stored copy (tuples -> lists)."""
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _first_difference(stored, current, where: str) -> str:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in sorted(set(stored) | set(current)):
+            if stored.get(key) != current.get(key):
+                return _first_difference(stored.get(key), current.get(key), f"{where}.{key}")
+    text = f"{where}: run has {stored!r}, now {current!r}"
+    return text if len(text) < 200 else text[:197] + "..."

@@ -1,0 +1,106 @@
+"""``acp search`` end to end with the real proxy evaluator on a tiny model (ResNet-8, 16x16 digits)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from acp.arch import Architecture
+from acp.errors import UserError
+from acp.models import create_model
+from acp.search import store
+from acp.search.command import register
+
+CONFIG = """
+[model]
+name = "resnet8_cifar"
+num_classes = 10
+weights = "weights.pt"
+input_size = [3, 16, 16]
+
+[data]
+spec = "digits:16"
+
+[budget]
+flops = 0.5
+
+[search]
+particles = 3
+iterations = 2
+random_particles = 1
+
+[proxy]
+calibration_batches = 2
+calibration_batch_size = 32
+validation_images = 200
+"""
+
+
+def acp_search(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="acp")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["search", *argv])
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("problem")
+    torch.manual_seed(0)
+    torch.save(create_model("resnet8_cifar", num_classes=10).state_dict(), directory / "weights.pt")
+    path = directory / "search.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert acp_search(str(config), "--out", str(out), "--quiet") == 0
+    return out
+
+
+def test_search_writes_the_run_directory(finished_run, capsys):
+    for name in (
+        "config.toml",
+        "proposal.json",
+        "history.sqlite",
+        "checkpoint.json",
+        "best_arch.json",
+        "report.png",
+    ):
+        assert (finished_run / name).is_file(), name
+    rows = store.History(finished_run / store.HISTORY_FILE).rows()
+    assert len(rows) == 6 and all(row["status"] == "ok" for row in rows)
+    best = max(rows, key=lambda row: row["score"])
+    arch = Architecture.load(finished_run / "best_arch.json")
+    assert list(arch.widths.values()) == best["widths"]
+    assert arch.macs == best["macs"] <= 0.5 * arch.base_macs
+    assert arch.provenance["proxy_score"] == best["score"] and arch.provenance["criterion"] == "cluster"
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished_run, capsys):
+    before = store.History(finished_run / store.HISTORY_FILE).rows()
+    assert acp_search("--resume", str(finished_run), "--quiet") == 0
+    assert store.History(finished_run / store.HISTORY_FILE).rows() == before
+    assert "best (PSO)" in capsys.readouterr().out
+
+
+def test_user_errors(config, finished_run, tmp_path):
+    with pytest.raises(UserError, match="exists and is not empty"):
+        acp_search(str(config), "--out", str(finished_run))
+    with pytest.raises(UserError, match=r"\[search\].particles differs from the run's config.toml"):
+        acp_search("--resume", str(finished_run), "--particles", "5")
+    with pytest.raises(UserError, match="--workers must be >= 1, got 0"):
+        acp_search(str(config), "--out", str(tmp_path / "new"), "--workers", "0")
+    with pytest.raises(
+        UserError, match=r"--flops 0.01 is infeasible: .* the minimum achievable --flops is 0\.\d+"
+    ):
+        acp_search(str(config), "--out", str(tmp_path / "new"), "--flops", "0.01")
+    with pytest.raises(UserError, match="--time-limit: expected a duration"):
+        acp_search(str(config), "--out", str(tmp_path / "new"), "--time-limit", "tomorrow")
+    with pytest.raises(UserError, match="give --out DIR for a new run or --resume DIR"):
+        acp_search(str(config))
+    assert not (tmp_path / "new").exists()  # nothing half-written
