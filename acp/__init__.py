@@ -17,12 +17,19 @@ _LAZY = {
     "materialize": "acp.prune",
     "load_pruned": "acp.prune",
     "save_pruned": "acp.prune",
+    "finetune": "acp.finetune",
+    "run_pipeline": "acp.pipeline",
+    "SearchResult": "acp.search",
 }
 
-__all__ = ["UserError", "__version__", "create_model", *_LAZY]
+__all__ = ["UserError", "__version__", "create_model", "search", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "search":  # the subpackage acp.search is itself callable: acp.search(config, out=...)
+        import importlib
+
+        return importlib.import_module("acp.search")
     if name in _LAZY:
         import importlib
 

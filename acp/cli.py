@@ -150,12 +150,36 @@ def _split_indices(data, splits, split: str):
     return {"train": splits.train, "val": splits.val, "all": np.arange(len(data))}[split]
 
 
+def _pruned_model_from(arch_path: str, weights: str | None):
+    """The pruned model of ``arch_path``: ``weights`` are the pruned model's own (as saved by prune /
+    finetune), or -- recognized by their shapes -- the unpruned base model's, then materialized."""
+    from acp.arch import Architecture
+    from acp.fileio import load_state_dict_file
+    from acp.prune import build_space, load_pruned, materialize
+
+    if weights is not None and not Path(arch_path).is_dir():
+        base, space = build_space(Architecture.load(arch_path).model, Architecture.load(arch_path).space)
+        state = load_state_dict_file(weights)
+        base_shapes = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state.items()} == base_shapes:
+            arch, base, space = _load_arch_for_model(arch_path, weights)
+            return materialize(base, arch, space)
+    return load_pruned(arch_path, weights)
+
+
 def _eval_arch(args: argparse.Namespace) -> int:
-    from acp.prune import load_pruned
+    from acp.arch import Architecture
     from acp.train import evaluate
 
-    model = load_pruned(args.arch, args.weights)
+    model = _pruned_model_from(args.arch, args.weights)
     data, splits = _load_data_and_splits(args.data, args.split_method, args.seed)
+    arch_file = Path(args.arch) / "arch.json" if Path(args.arch).is_dir() else Path(args.arch)
+    input_size = tuple(Architecture.load(arch_file).model.input_size)
+    if data.image_shape != input_size:  # the recorded MACs/params hold only at the architecture's size
+        raise UserError(
+            f"images of data {args.data} are {'x'.join(map(str, data.image_shape))}, but the architecture's "
+            f"input size is {'x'.join(map(str, input_size))}"
+        )
     _check_input_fits(model, data.image_shape, args.data)
     indices = _split_indices(data, splits, args.split)
     accuracy, loss = evaluate(model, data, indices)
@@ -316,35 +340,92 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _print_finetune_summary(metrics: dict, out_dir: Path) -> None:
-    rows = [("", "base", "pruned")]
-    rows.append(
-        (
-            "val accuracy",
-            f"{100 * metrics['base_val_accuracy']:.2f}%",
-            f"{100 * metrics['val_accuracy_after']:.2f}% (before finetuning "
-            f"{100 * metrics['val_accuracy_before']:.2f}%)",
-        )
-    )
-    rows.append(
-        ("MACs", f"{metrics['base_macs']:,}", f"{metrics['macs']:,} ({100 * metrics['macs_ratio']:.1f}%)")
-    )
-    rows.append(
-        (
-            "params",
-            f"{metrics['base_params']:,}",
-            f"{metrics['params']:,} ({100 * metrics['params_ratio']:.1f}%)",
-        )
-    )
-    for batch, latency in metrics.get("latency_cpu", {}).items():
-        rows.append(
-            (
-                f"latency {batch}",
-                f"{latency['base_ms']:.2f} ms",
-                f"{latency['pruned_ms']:.2f} ms ({latency['speedup']:.2f}x faster)",
-            )
-        )
-    _print_table(rows)
+    from acp.finetune import summary_rows
+
+    _print_table(summary_rows(metrics))
     print(f"pruned model: {out_dir} (acp.load_pruned({str(out_dir)!r})); metrics.json, training_curve.png")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from acp.demo import run_demo
+    from acp.finetune import summary_rows
+
+    result = run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    print(f"acp demo finished in {result.seconds:.0f} s: {DEMO_BLURB}")
+    _print_table(summary_rows(result.metrics))
+    out = result.out_dir
+    print(
+        f"files: {out / 'search' / 'best_arch.json'} (architecture), {out / 'pruned'} (pruned model: "
+        f"acp.load_pruned({str(out / 'pruned')!r})), {out / 'report.png'} (search report)"
+    )
+    return 0
+
+
+DEMO_BLURB = "ResNet-8 on scikit-learn digits, pruned to 50% of the MACs"
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from acp.cluster import proposal_to_architecture, propose_widths
+    from acp.criteria import make_criterion
+    from acp.data import take_stratified
+    from acp.features import collect_statistics
+    from acp.problem import load_problem, resolve_config
+
+    config = resolve_config(args.config)
+    flops = args.flops if args.flops is not None else config["budget"]["flops"]
+    params = args.params if args.params is not None else config["budget"]["params"]
+    if args.mode == "budget" and flops is None and params is None:
+        raise UserError("acp cluster: give a budget (--flops R and/or --params R, or [budget] in the config)")
+    problem = load_problem(config)
+    data, splits = problem.data()
+    seed = config["data"]["seed"]
+    calibration = take_stratified(splits.train, data.labels, args.images, seed=seed)
+    images, labels = data.tensors(calibration)
+    statistics = collect_statistics(
+        problem.model, problem.space, images, labels=labels, num_images=len(images)
+    )
+    if args.mode == "budget":
+        proposal = propose_widths(statistics, problem.space, flops=flops, params=params)
+    else:
+        if args.eps is None:
+            raise UserError("acp cluster --mode dbscan needs --eps (the ACP paper used 0.007 on CIFAR)")
+        proposal = propose_widths(
+            statistics, problem.space, mode="dbscan", eps=args.eps, min_samples=args.min_samples
+        )
+    criterion = make_criterion(
+        args.criterion, problem.space, model=problem.model, statistics=statistics, seed=seed
+    )
+    arch = proposal_to_architecture(
+        proposal, problem.space, problem.identity, criterion, space_settings=problem.space.settings, seed=seed
+    )
+    for line in proposal.summary_lines():
+        print(line)
+    out = Path(args.out) if args.out else Path("proposal_arch.json")
+    arch.save(out)
+    print(f"wrote {out} (channels chosen by the '{args.criterion}' criterion)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from acp.pipeline import run_pipeline
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"acp run: --epochs must be a positive integer, got {args.epochs}")
+    result = run_pipeline(
+        args.config,
+        out=args.out,
+        resume=args.resume,
+        flops=args.flops,
+        params=args.params,
+        epochs=args.epochs,
+        distill=True if args.distill else None,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    for line in result.search.summary_lines():
+        print(line)
+    _print_finetune_summary(result.finetune.metrics, result.finetune.out_dir)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- parser
@@ -355,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"acp {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on a built-in example (a few minutes)")
+    demo.add_argument("--out", default="runs/demo", help="new output directory (default: runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="smallest sizes (a smoke test, ~1 minute)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=cmd_demo)
 
     train = commands.add_parser("train", help="train a base model")
     train.add_argument("--model", required=True, help="registry/torchvision name or package.module:factory")
@@ -389,6 +476,45 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="channel groups, widths and base cost of a config or model")
     info.add_argument("config_or_model", help="a search-space TOML file or a model name")
     info.set_defaults(handler=cmd_info)
+
+    cluster = commands.add_parser("cluster", help="propose widths by feature-map clustering under a budget")
+    cluster.add_argument("config", help="a search-space TOML file")
+    cluster.add_argument("--flops", type=float, help="keep this ratio of the base MACs, e.g. 0.5")
+    cluster.add_argument("--params", type=float, help="keep this ratio of the base parameters")
+    cluster.add_argument(
+        "--mode",
+        choices=["budget", "dbscan"],
+        default="budget",
+        help="budget: hierarchical clustering cut onto the budget (default); dbscan: ACP paper",
+    )
+    cluster.add_argument("--eps", type=float, help="DBSCAN eps (dbscan mode)")
+    cluster.add_argument("--min-samples", type=_positive_int, default=5, help="DBSCAN min_samples")
+    cluster.add_argument(
+        "--images", type=_positive_int, default=256, help="calibration images (training split)"
+    )
+    cluster.add_argument(
+        "--criterion", default="cluster", help="which channels survive (cluster, l1, l2, ...)"
+    )
+    cluster.add_argument("--out", help="architecture JSON to write (default: proposal_arch.json)")
+    cluster.set_defaults(handler=cmd_cluster)
+
+    from acp.search.command import register as register_search
+
+    register_search(commands)
+
+    run = commands.add_parser("run", help="search, then finetune the winner (each stage resumable)")
+    run.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
+    run.add_argument("--out", help="new run directory (search in DIR, finetuned model in DIR/finetune)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR, whichever stage it stopped in")
+    run.add_argument("--flops", type=float, help="keep at most this ratio of the base MACs")
+    run.add_argument("--params", type=float, help="keep at most this ratio of the base params")
+    run.add_argument("--epochs", type=int, help="finetuning epochs (default: [finetune].epochs)")
+    run.add_argument(
+        "--distill", action="store_true", help="distill from the unpruned model while finetuning"
+    )
+    run.add_argument("--workers", type=_positive_int, help="parallel evaluation processes for the search")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=cmd_run)
 
     prune = commands.add_parser("prune", help="materialize an architecture from base weights and save it")
     prune.add_argument("arch", help="architecture JSON (e.g. best_arch.json)")

@@ -100,7 +100,7 @@ def finetune(
     out_dir = Path(out_dir)
     if resume and not (out_dir / CHECKPOINT_NAME).is_file():
         raise UserError(f"--resume: {out_dir} has no {CHECKPOINT_NAME} to resume from")
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+    if not resume and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out {out_dir} exists and is not empty; pick a new directory or pass --resume")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -210,3 +210,35 @@ def _plot_curve(path: Path, history, metrics: dict) -> None:
 
     atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
     plt.close(figure)
+
+
+def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
+    """Rows (what, base, pruned) of a finetune's metrics, for printing."""
+    rows = [("", "base", "pruned")]
+    rows.append(
+        (
+            "val accuracy",
+            f"{100 * metrics['base_val_accuracy']:.2f}%",
+            f"{100 * metrics['val_accuracy_after']:.2f}% (right after pruning "
+            f"{100 * metrics['val_accuracy_before']:.2f}%)",
+        )
+    )
+    rows.append(
+        ("MACs", f"{metrics['base_macs']:,}", f"{metrics['macs']:,} ({100 * metrics['macs_ratio']:.1f}%)")
+    )
+    rows.append(
+        (
+            "params",
+            f"{metrics['base_params']:,}",
+            f"{metrics['params']:,} ({100 * metrics['params_ratio']:.1f}%)",
+        )
+    )
+    for batch, latency in metrics.get("latency_cpu", {}).items():
+        rows.append(
+            (
+                f"latency {batch.replace('batch', 'batch ')}",
+                f"{latency['base_ms']:.2f} ms",
+                f"{latency['pruned_ms']:.2f} ms ({latency['speedup']:.2f}x faster)",
+            )
+        )
+    return rows

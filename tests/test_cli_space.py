@@ -105,3 +105,25 @@ def test_eval_on_an_architecture(capsys, tmp_path, base_and_arch):
     code, out, err = run(capsys, "eval", str(tmp_path / "p" / "arch.json"), "--data", "digits:16")
     assert code == 0, err
     assert f"MACs {arch.macs:,}" in out and f"params {arch.params:,}" in out
+
+
+def test_cluster_proposes_widths_within_the_budget_and_writes_an_architecture(
+    capsys, tmp_path, base_and_arch
+):
+    _, _, _, weights = base_and_arch
+    config = tmp_path / "digits.toml"
+    config.write_text(
+        f'[model]\nname = "resnet8_cifar"\nnum_classes = 10\nweights = "{weights}"\n'
+        "input_size = [3, 16, 16]\n"
+        '[data]\nspec = "digits:16"\n[budget]\nflops = 0.5\n'
+    )
+    out = tmp_path / "proposal.json"
+    code, stdout, err = run(capsys, "cluster", str(config), "--images", "64", "--out", str(out))
+    assert code == 0, err
+    assert "full -> width" in stdout and "mode budget" in stdout
+    _, space = build_space(ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {}))
+    arch = Architecture.load(out, space)
+    assert arch.macs <= 0.5 * arch.base_macs
+    assert arch.provenance["source"] == "cluster"
+    code, _, err = run(capsys, "cluster", str(config), "--mode", "dbscan", "--out", str(tmp_path / "d.json"))
+    assert code == 2 and "--eps" in err
