@@ -23,7 +23,7 @@ import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -223,7 +223,7 @@ class Architecture:
             "provenance": {
                 **dict.fromkeys(PROVENANCE_KEYS),
                 "acp_version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 **(provenance or {}),
             },
             "groups": choices,

@@ -9,9 +9,12 @@ Relative paths inside a config are relative to the config file's own directory.
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
+import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Any
 
 from acp.errors import UserError
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 @dataclass(frozen=True)
 class Field:
@@ -39,7 +43,7 @@ def _ratio(value) -> bool:
 
 
 def _input_size(value) -> bool:
-    return value is None or (len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value))
+    return value is None or (len(value) == 3 and all(type(v) is int and v > 0 for v in value))
 
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -156,7 +160,10 @@ def _coerce(value: Any, field: Field) -> Any:
     if isinstance(value, bool) and bool not in kinds:
         raise TypeError
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # TOML integers are unbounded; a float field cannot hold 10**400
+            raise TypeError from None
     if not isinstance(value, kinds):
         raise TypeError
     return value
@@ -205,7 +212,7 @@ def _is_special_spec(value: str) -> bool:
 
 
 def _hint(name: str, choices: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
 
 
@@ -220,6 +227,8 @@ def load_config(path: str | Path) -> dict:
         raise UserError(f"{path}: TOML syntax error: {error}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
+    except OSError as error:
+        raise UserError(f"config file {path} cannot be read: {error.strerror or error}") from None
     config = validate(document, source=str(path), base_dir=path.resolve().parent)
     config["_source"] = str(path)
     return config
@@ -237,13 +246,18 @@ def dump_toml(config: Mapping[str, Any]) -> str:
     for section, fields in config.items():
         if section.startswith("_") or not isinstance(fields, Mapping):
             continue
-        lines.append(f"[{section}]")
+        lines.append(f"[{_toml_key(section)}]")
         for key, value in fields.items():
             if value is None:
                 continue
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_key(key: object) -> str:
+    key = str(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -252,10 +266,12 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        # JSON's escapes are valid in TOML basic strings; TOML also forbids a raw DEL
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML date/time literals (kwargs may hold them)
+        return value.isoformat()
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -60,7 +60,12 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "weights") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         reason = " ".join(str(error).split())
-        if "weights_only" in reason or "Unsupported global" in reason or "GLOBAL" in reason:
+        if "Unsupported global" in reason or "GLOBAL" in reason:
+            reason = "it contains pickled Python objects that a weights-only load refuses to execute"
+        elif "WeightsUnpickler error:" in reason:  # torch's hint to retry unsafely must not reach the user
+            detail = reason.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+            reason = f"corrupted or not a PyTorch file ({detail.strip()})"
+        elif "weights_only" in reason:
             reason = "it contains pickled Python objects that a weights-only load refuses to execute"
         raise UserError(f"{what} file {path} is not a loadable PyTorch checkpoint: {reason[:200]}") from None
 

@@ -67,9 +67,13 @@ def resolve_config(config_or_model: str) -> dict:
 
 
 def model_identity(config: dict) -> ModelIdentity:
-    from acp.models import default_input_size
+    from acp.models import check_model_name, default_input_size
 
     section = config["model"]
+    try:
+        check_model_name(section["name"])
+    except UserError as error:
+        raise UserError(f"{config.get('_source', 'config')}: [model].name: {error}") from None
     input_size = section["input_size"] or default_input_size(section["name"])
     if input_size is None:
         raise UserError(

@@ -146,11 +146,14 @@ def load_pruned(
     else:
         path = Path(path_or_arch)
         arch_path = path / ARCH_FILE if path.is_dir() else path
-        arch = Architecture.load(arch_path)
+        peek = Architecture.load(arch_path)
         if weights is None:
             weights = arch_path.parent / WEIGHTS_FILE
             if not weights.is_file():
                 raise UserError(f"no weights for {arch_path}: expected {weights} (or pass weights=...)")
+        base, space = build_space(peek.model, peek.space)
+        arch = Architecture.load(arch_path, space)  # errors name the file, not "<architecture>"
+        return load_weights_into(materialize(base, arch, space), weights)
     base, space = build_space(arch.model, arch.space)
     pruned = materialize(base, arch, space)
     return load_weights_into(pruned, weights)

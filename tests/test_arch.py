@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -123,7 +123,7 @@ def test_from_widths_costs_and_provenance(space, arch):
     assert provenance["acp_version"] == acp.__version__
     created = datetime.fromisoformat(provenance["created"])
     assert created.utcoffset() == timedelta(0)
-    assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=5)
+    assert abs(datetime.now(UTC) - created) < timedelta(minutes=5)
 
 
 def test_from_widths_accepts_sequences_numpy_and_unsorted_keep(space, arch):

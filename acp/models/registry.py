@@ -104,9 +104,21 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
             raise UserError(f"model {name!r}: acp never downloads weights; pass weights=None")
         kwargs["weights"] = None
         return _build(name, partial(torchvision.models.get_model, name), kwargs)
+    raise _unknown_model(name)
+
+
+def check_model_name(name: str) -> None:
+    """UserError (with close matches) unless ``create_model`` knows ``name``; factories are not imported."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"model name must be a non-empty string, got {name!r}")
+    if not is_factory_reference(name) and name not in ACP_MODELS and name not in torchvision_model_names():
+        raise _unknown_model(name)
+
+
+def _unknown_model(name: str) -> UserError:
     close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise UserError(
+    return UserError(
         f"unknown model {name!r}{hint} (acp models: {', '.join(sorted(ACP_MODELS))}; "
         "any torchvision classification model; or package.module:factory)"
     )
