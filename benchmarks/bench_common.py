@@ -1,0 +1,24 @@
+"""Shared by the benchmark scripts: replace one ``## title`` section of benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def update_section(title: str, lines: list[str], path: Path = RESULTS) -> None:
+    """Replace (or append) the ``## title`` section of RESULTS.md, leaving the other sections alone."""
+    from acp.fileio import atomic_write_text
+
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    header = f"## {title}\n"
+    section = header + "\n" + "\n".join(lines).rstrip() + "\n"
+    start = text.find("\n" + header)
+    if start == -1:
+        updated = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(header))
+        rest = "" if end == -1 else text[end + 1 :]
+        updated = text[: start + 1] + section + ("\n" + rest if rest else "")
+    atomic_write_text(path, updated)
