@@ -28,7 +28,7 @@ from acp.cluster import proposal_to_architecture, propose_widths
 from acp.criteria import CRITERIA, make_criterion
 from acp.data import load_data, make_splits, take_stratified
 from acp.features import collect_statistics
-from acp.fileio import atomic_write_text, load_state_dict_file
+from acp.fileio import load_state_dict_file
 from acp.models import create_model
 from acp.prune import materialize, space_for
 
@@ -37,19 +37,7 @@ SECTION = "Channel criteria (bench_criteria.py)"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def update_section(title: str, lines: list[str], path: Path = RESULTS) -> None:
-    """Replace (or append) the ``## title`` section of RESULTS.md, leaving other sections alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    header = f"## {title}\n"
-    section = header + "\n" + "\n".join(lines).rstrip() + "\n"
-    start = text.find("\n" + header)
-    if start == -1:
-        updated = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(header))
-        rest = "" if end == -1 else text[end + 1 :]
-        updated = text[: start + 1] + section + ("\n" + rest if rest else "")
-    atomic_write_text(path, updated)
+from bench_common import update_section  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def uniform_widths_for(space, flops: float) -> tuple[np.ndarray, float]:

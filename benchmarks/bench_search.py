@@ -33,19 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "Search (bench_search.py)"
 
 
-def update_section(title: str, lines: list[str], path: Path = RESULTS) -> None:
-    from acp.fileio import atomic_write_text
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    header = f"## {title}"
-    block = "\n".join([header, "", *lines]).rstrip() + "\n"
-    if header in text:
-        start = text.index(header)
-        following = text.find("\n## ", start + len(header))
-        text = text[:start] + block + ("" if following < 0 else text[following + 1 :])
-    else:
-        text = text.rstrip() + "\n\n" + block
-    atomic_write_text(path, text)
+from bench_common import update_section  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def random_search(run_dir: Path, evaluations: int, particles: int, seed: int):

@@ -1,0 +1,24 @@
+"""argparse ``type=`` converters shared by the ``acp`` subcommands (bad values: one-line user errors)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def _checked(convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
+non_negative_int = _checked(int, lambda value: value >= 0, "an integer >= 0")
+ratio = _checked(float, lambda value: 0 < value <= 1, "a ratio in (0, 1]")
