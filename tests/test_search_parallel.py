@@ -59,6 +59,18 @@ def test_dask_local_cluster_matches_serial(space, tmp_path, serial_rows):
     assert project(rows) == project(serial_rows)
 
 
+@pytest.mark.slow  # ray.init starts a local cluster (~10 s); Ray is an optional extra (acp[ray])
+def test_ray_matches_serial(space, tmp_path, serial_rows):
+    ray = pytest.importorskip("ray")
+    try:
+        rows = run(space, tmp_path / "run", backend="ray", workers=2)
+    finally:
+        ray.shutdown()
+    assert project(rows) == project(serial_rows)
+    workers = {row["worker"] for row in rows}
+    assert all(not name.endswith(f":{os.getpid()}") for name in workers)  # evaluated in Ray worker processes
+
+
 def test_unreachable_dask_scheduler_is_a_quick_user_error(space):
     pytest.importorskip("distributed")
     began = time.perf_counter()
