@@ -26,9 +26,9 @@ def space():
     return build_space(IDENTITY, {})[1]
 
 
-def run(space, run_dir, **execution):
+def run(space, run_dir, sleep=0.0, **execution):
     settings = SearchSettings(particles=6, iterations=3, seed=1, **execution)
-    evaluator = SyntheticEvaluator(space, identity=IDENTITY, fail_when=lambda w: w[1] == w[0])
+    evaluator = SyntheticEvaluator(space, identity=IDENTITY, fail_when=lambda w: w[1] == w[0], sleep=sleep)
     Study(space, evaluator, Budget(space, flops=0.5), settings, run_dir).run()
     return store.History(run_dir / store.HISTORY_FILE).rows()
 
@@ -56,6 +56,40 @@ def test_dask_local_cluster_matches_serial(space, tmp_path, serial_rows):
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
         rows = run(space, tmp_path / "run", backend="dask", dask_scheduler=cluster.scheduler_address)
+    assert project(rows) == project(serial_rows)
+
+
+def test_dask_worker_killed_mid_evaluation_changes_nothing(space, tmp_path, serial_rows):
+    """SIGKILL one of two Dask workers while it evaluates: its task is retried on the other worker (or on
+    the one the nanny restarts) and the search ends with exactly the serial history."""
+    distributed = pytest.importorskip("distributed")
+    import signal
+    import threading
+
+    killed = threading.Event()
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        address, victim = sorted(client.run(os.getpid).items())[0]
+
+        def kill_when_busy():
+            deadline = time.monotonic() + 120
+            while not client.processing(workers=[address]).get(address) and time.monotonic() < deadline:
+                time.sleep(0.01)  # wait until the victim is evaluating a candidate
+            time.sleep(0.1)
+            os.kill(victim, signal.SIGKILL)
+            killed.set()
+
+        killer = threading.Thread(target=kill_when_busy, daemon=True)
+        killer.start()
+        rows = run(
+            space, tmp_path / "run", sleep=0.25, backend="dask", dask_scheduler=cluster.scheduler_address
+        )
+        killer.join()
+    assert killed.is_set()
     assert project(rows) == project(serial_rows)
 
 

@@ -157,7 +157,14 @@ class DaskBackend:
             raise UserError(
                 f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({one_line(error)[:160]})"
             ) from None
-        self._handle = self.client.scatter(evaluator, broadcast=True, hash=False)
+        try:
+            self._handle = self.client.scatter(evaluator, broadcast=True, hash=False)
+        except (OSError, KeyError) as error:  # a worker died while receiving (CommClosedError is an OSError)
+            self.client.close()
+            raise UserError(
+                f"the Dask cluster at {address} lost a worker while receiving the evaluator; run the "
+                f"command again ({type(error).__name__}: {one_line(error)[:120]})"
+            ) from None
 
     def map(self, widths_list) -> list[dict]:
         futures = [
