@@ -38,6 +38,10 @@ def _positive(value) -> bool:
     return value > 0
 
 
+def _non_empty(value) -> bool:
+    return value is None or bool(value.strip())
+
+
 def _ratio(value) -> bool:
     return value is None or (math.isfinite(value) and 0 < value <= 1)
 
@@ -52,12 +56,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             str, None, lambda v: bool(v), "a registry name, torchvision name or package.module:factory"
         ),
         "num_classes": Field((int, type(None)), None, lambda v: v is None or v > 0, "a positive integer"),
-        "weights": Field((str, type(None)), None, is_path=True),
+        "weights": Field((str, type(None)), None, _non_empty, "a file path", is_path=True),
         "input_size": Field((list, type(None)), None, _input_size, "[channels, height, width]"),
         "kwargs": Field(dict, {}),
     },
     "data": {
-        "spec": Field((str, type(None)), None, is_path=True),
+        "spec": Field((str, type(None)), None, _non_empty, "a path or 'digits'", is_path=True),
         "split": Field(str, "auto", allowed="'auto', 'shared', 'tail:K' or 'random:F'"),
         "seed": Field(int, 0),
     },

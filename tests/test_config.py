@@ -48,6 +48,8 @@ def test_integer_budgets_are_numbers_and_digits_spec_is_not_a_path(tmp_path):
         ("[model]\nnum_classes = 10\n", ["[model].name is required"]),
         ("[model]\nname = \n", ["TOML syntax error", "line 2"]),
         ("model = 3\n", ["[model] must be a table"]),
+        ('[model]\nname = "a"\n[data]\nspec = ""\n', ["[data].spec = '' is not allowed"]),
+        ('[model]\nname = "a"\nweights = " "\n', ["[model].weights = ' ' is not allowed"]),
     ],
 )
 def test_config_errors_name_the_file_and_field(tmp_path, text, fragments):
