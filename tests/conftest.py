@@ -59,3 +59,29 @@ def write_image_folder(root: Path, per_class: int = 6, size: int = 8, classes=("
             Image.fromarray(pixels).save(root / name / f"{index:04d}.png")
             arrays.append(pixels)
     return np.stack(arrays)
+
+
+# A search small enough for tests: ResNet-8 on 16x16 digits, 3 particles x 2 iterations, tiny proxy slices.
+TINY_SEARCH_CONFIG = """
+[model]
+name = "resnet8_cifar"
+num_classes = 10
+weights = "weights.pt"
+input_size = [3, 16, 16]
+
+[data]
+spec = "digits:16"
+
+[budget]
+flops = 0.5
+
+[search]
+particles = 3
+iterations = 2
+random_particles = 1
+
+[proxy]
+calibration_batches = 2
+calibration_batch_size = 32
+validation_images = 200
+"""

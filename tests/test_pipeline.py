@@ -6,34 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_SEARCH_CONFIG
 
 from acp.cli import main
 from acp.models import create_model
 from acp.prune import load_pruned
 
-CONFIG = """
-[model]
-name = "resnet8_cifar"
-num_classes = 10
-weights = "weights.pt"
-input_size = [3, 16, 16]
-
-[data]
-spec = "digits:16"
-
-[budget]
-flops = 0.5
-
-[search]
-particles = 3
-iterations = 2
-random_particles = 1
-
-[proxy]
-calibration_batches = 2
-calibration_batch_size = 32
-validation_images = 200
-
+CONFIG = TINY_SEARCH_CONFIG + """
 [finetune]
 epochs = 1
 batch_size = 32

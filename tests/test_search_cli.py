@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 import torch
+from conftest import TINY_SEARCH_CONFIG
 
 from acp.arch import Architecture
 from acp.errors import UserError
@@ -13,29 +14,7 @@ from acp.models import create_model
 from acp.search import store
 from acp.search.command import register
 
-CONFIG = """
-[model]
-name = "resnet8_cifar"
-num_classes = 10
-weights = "weights.pt"
-input_size = [3, 16, 16]
-
-[data]
-spec = "digits:16"
-
-[budget]
-flops = 0.5
-
-[search]
-particles = 3
-iterations = 2
-random_particles = 1
-
-[proxy]
-calibration_batches = 2
-calibration_batch_size = 32
-validation_images = 200
-"""
+CONFIG = TINY_SEARCH_CONFIG
 
 
 def acp_search(*argv: str) -> int:
