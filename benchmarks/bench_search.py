@@ -141,7 +141,7 @@ def main() -> None:
         f"--iterations {args.iterations} --seed {args.seed}`  ",
         f"Date: {date}  ",
         f"Machine: 2 cores ({platform.machine()}), torch threads per evaluation 1, load average at the end "
-        f"{' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())} (other jobs were running)  ",
+        f"{' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}  ",
         f"Versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"pyswarms {pyswarms.__version__}",
         "",
