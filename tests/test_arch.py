@@ -7,62 +7,28 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from fake_space import FakeGroup
+from fake_space import FakeSpace as _FakeSpace
 
 import acp
 from acp.arch import SCHEMA, Architecture, GroupChoice, ModelIdentity
 from acp.errors import UserError
 
 
-@dataclass(frozen=True)
-class FakeGroup:
-    id: str
-    full_width: int
-    min_width: int
-    round_to: int
-
-    @property
-    def max_width(self) -> int:
-        return self.full_width
-
-    def allowed_widths(self) -> np.ndarray:
-        multiples = range(self.round_to, self.full_width + 1, self.round_to)
-        return np.array(
-            sorted({w for w in multiples if w >= self.min_width} | {self.full_width}), dtype=np.int64
-        )
-
-
-class FakeSpace:
-    """Exactly the ChannelSpace members acp.arch may use: a chain of 3x3 convs on 32x32 inputs + a linear."""
-
-    input_shape = (1, 3, 32, 32)
+class FakeSpace(_FakeSpace):
+    """Three groups on 32x32 inputs, 10 classes."""
 
     def __init__(self, groups=None):
-        self.groups = tuple(
-            groups
-            or (
-                FakeGroup("conv1", 16, 4, 4),
-                FakeGroup("layer1.conv", 32, 8, 8),
-                FakeGroup("layer2.conv", 24, 3, 1),
-            )
+        default = (
+            FakeGroup("conv1", 16, 4, 4),
+            FakeGroup("layer1.conv", 32, 8, 8),
+            FakeGroup("layer2.conv", 24, 3, 1),
         )
-        self.base_macs, self.base_params = self.cost({g.id: g.full_width for g in self.groups})
-
-    def cost(self, widths):
-        if not isinstance(widths, Mapping):
-            widths = dict(zip([g.id for g in self.groups], widths))
-        macs, params, in_channels = 0, 0, 3
-        for group in self.groups:
-            width = int(widths[group.id])
-            macs += in_channels * width * 9 * 32 * 32
-            params += in_channels * width * 9 + 2 * width
-            in_channels = width
-        return macs + in_channels * 10, params + in_channels * 10 + 10
+        super().__init__(groups or default)
 
 
 IDENTITY = ModelIdentity("fake_net", 10, (3, 32, 32), {})

@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
+from fake_space import FakeGroup, FakeSpace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,47 +21,11 @@ FUZZ = settings(
 )
 
 
-@dataclass(frozen=True)
-class Group:
-    id: str
-    full_width: int
-    min_width: int
-    round_to: int
-
-    @property
-    def max_width(self) -> int:
-        return self.full_width
-
-    def allowed_widths(self) -> np.ndarray:
-        multiples = {
-            w for w in range(self.round_to, self.full_width + 1, self.round_to) if w >= self.min_width
-        }
-        return np.array(sorted(multiples | {self.full_width}), dtype=np.int64)
-
-
-class Space:
-    """The ChannelSpace interface acp.arch relies on, with a simple chain cost model."""
-
-    input_shape = (1, 3, 16, 16)
-    groups = (Group("stem", 8, 2, 2), Group("block.a", 12, 3, 3), Group("block.b", 6, 1, 1))
-
-    def __init__(self):
-        self.base_macs, self.base_params = self.cost([g.full_width for g in self.groups])
-
-    def cost(self, widths):
-        if not isinstance(widths, Mapping):
-            widths = dict(zip([g.id for g in self.groups], widths))
-        macs = params = 0
-        in_channels = 3
-        for group in self.groups:
-            width = int(widths[group.id])
-            macs += in_channels * width * 9 * 256
-            params += in_channels * width * 9 + 2 * width
-            in_channels = width
-        return macs + in_channels * 5, params + in_channels * 5 + 5
-
-
-SPACE = Space()
+SPACE = FakeSpace(
+    (FakeGroup("stem", 8, 2, 2), FakeGroup("block.a", 12, 3, 3), FakeGroup("block.b", 6, 1, 1)),
+    input_shape=(1, 3, 16, 16),
+    num_classes=5,
+)
 IDENTITY = ModelIdentity("fuzz_net", 5, (3, 16, 16), {"width_mult": 1.0})
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
