@@ -53,6 +53,7 @@ from torch import nn
 
 from acp.arch import Architecture, ModelIdentity
 from acp.errors import UserError, one_line
+from acp.memory import release_freed_memory
 from acp.proxy_data import ProxyData
 from acp.prune import materialize
 
@@ -320,6 +321,7 @@ class ProxyEvaluator:
             self.cache_hits += 1
             return replace(hit, cached=True)
         result = self._run(key)
+        release_freed_memory()  # the candidate's tensors are gone; keep the worker's memory flat
         self.evaluations += 1
         if self.settings.cache_size:
             self._cache[key] = result

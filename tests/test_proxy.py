@@ -404,3 +404,11 @@ def test_scores_are_bit_identical_in_worker_processes(setup):
         assert not remote.cached
     assert first[1].cached  # within one task
     assert second[1].cached  # across tasks: the worker kept its evaluator (and cache) for this token
+
+
+def test_release_freed_memory_trims_the_heap_on_glibc():
+    import platform
+
+    from acp.memory import release_freed_memory
+
+    assert release_freed_memory() is (platform.libc_ver()[0] == "glibc")
