@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", type=_positive_int, default=256, help="calibration images (training split)"
     )
     cluster.add_argument(
-        "--criterion", default="cluster", help="which channels survive (cluster, l1, l2, ...)"
+        "--criterion", default="l2", help="which channels survive (l2, l1, cluster, ...; default l2)"
     )
     cluster.add_argument("--out", help="architecture JSON to write (default: proposal_arch.json)")
     cluster.set_defaults(handler=cmd_cluster)

@@ -25,6 +25,7 @@ from acp.errors import UserError
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
+
 @dataclass(frozen=True)
 class Field:
     kind: type | tuple[type, ...]
@@ -122,7 +123,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "init_spread": Field(float, 0.1, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
         "random_particles": Field(int, 2, lambda v: v >= 0, "an integer >= 0"),
         "patience": Field(int, 0, lambda v: v >= 0, "an integer >= 0 (0: off)"),
-        "criterion": Field(str, "cluster", lambda v: bool(v), "a criterion name"),
+        "criterion": Field(str, "l2", lambda v: bool(v), "a criterion name"),
         "tolerance": Field(float, 0.01, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
         "workers": Field(int, 1, _positive, "a positive integer"),
         "backend": Field(str, "loky", lambda v: v in ("loky", "dask", "ray"), "'loky', 'dask' or 'ray'"),

@@ -57,7 +57,7 @@ def test_search_writes_the_run_directory(finished_run, capsys):
     arch = Architecture.load(finished_run / "best_arch.json")
     assert list(arch.widths.values()) == best["widths"]
     assert arch.macs == best["macs"] <= 0.5 * arch.base_macs
-    assert arch.provenance["proxy_score"] == best["score"] and arch.provenance["criterion"] == "cluster"
+    assert arch.provenance["proxy_score"] == best["score"] and arch.provenance["criterion"] == "l2"
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished_run, capsys):

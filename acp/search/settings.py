@@ -46,7 +46,7 @@ class SearchSettings:
     init_spread: float = 0.1  # particles 2.. start within +-spread (ratio) of the clustering proposal
     random_particles: int = 2  # of which this many start at uniformly random ratios instead
     patience: int = 0  # stop after this many iterations without improvement (0: never)
-    criterion: str = "cluster"  # which channels survive at a width (acp.criteria)
+    criterion: str = "l2"  # which channels survive at a width (acp.criteria.DEFAULT_CRITERION)
     tolerance: float = 0.01  # budget repair aims within this fraction below the target (reported)
     # execution settings
     workers: int = 1
