@@ -33,8 +33,9 @@ def _check_fresh_out_dir(out: Path, resume: bool, marker: str) -> None:
         if not (out / marker).is_file():
             raise UserError(f"--resume: {out} has no {marker} to resume from")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} exists and is not empty; pick a new directory or pass --resume")
+    from acp.fileio import require_fresh_output
+
+    require_fresh_output(out, "pick a new directory or pass --resume")
 
 
 def _load_data_and_splits(spec: str, split: str, seed: int):

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from acp.errors import UserError
-
 log = logging.getLogger(__name__)
 
 DEMO_MODEL = "resnet8_cifar"
@@ -66,8 +64,9 @@ def run_demo(
     started = time.perf_counter()
     sizes = QUICK if quick else FULL
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"--out {out_dir} exists and is not empty; pick a new directory (acp demo --out DIR)")
+    from acp.fileio import require_fresh_output
+
+    require_fresh_output(out_dir, "pick a new directory (acp demo --out DIR)")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     log.info("1/4 training the base model (%s on %s, %d epochs)", DEMO_MODEL, DEMO_DATA, sizes.base_epochs)

@@ -19,6 +19,16 @@ import torch
 from acp.errors import UserError
 
 
+def require_fresh_output(path: str | os.PathLike, hint: str) -> Path:
+    """``--out`` must be a new or empty directory: UserError otherwise (``hint`` says what to do)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a directory; {hint}")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"--out {path} exists and is not empty; {hint}")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False) -> Path:
     """Call ``write(file_object)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)

@@ -22,7 +22,7 @@ from torch import nn
 
 from acp.arch import Architecture
 from acp.errors import UserError
-from acp.fileio import atomic_write_json
+from acp.fileio import atomic_write_json, require_fresh_output
 from acp.train import CHECKPOINT_NAME, METRICS_NAME, Schedule, evaluate, train
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def finetune(
     out_dir = Path(out_dir)
     if resume and not (out_dir / CHECKPOINT_NAME).is_file():
         raise UserError(f"--resume: {out_dir} has no {CHECKPOINT_NAME} to resume from")
-    if not resume and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"--out {out_dir} exists and is not empty; pick a new directory or pass --resume")
+    if not resume:
+        require_fresh_output(out_dir, "pick a new directory or pass --resume")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_pruned(pruned, arch, out_dir)  # arch.json now; weights.pt is rewritten after every epoch

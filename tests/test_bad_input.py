@@ -244,7 +244,12 @@ CASES = [
         ["full exists"],
     ),
     ("--out non-empty (finetune)", [*FINETUNE, "{full}"], ["full exists and is not empty"]),
-    ("--out is a file (finetune)", [*FINETUNE, "{full}/keep.txt"], ["keep.txt exists"]),
+    ("--out is a file (finetune)", [*FINETUNE, "{full}/keep.txt"], ["keep.txt is a file, not a directory"]),
+    (
+        "--out is a file (search)",
+        ["search", "{config}", "--out", "{full}/keep.txt"],
+        ["keep.txt is a file, not a directory"],
+    ),
     (
         "architecture: invalid JSON",
         ["prune", "{invalid.json}", *PRUNE_INTO_NEW],

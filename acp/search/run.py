@@ -95,8 +95,9 @@ def search(
         if config is None:
             raise UserError("acp search: a CONFIG file is required")
         run_dir = Path(out)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise UserError(f"--out {run_dir} exists and is not empty; pick a new directory or pass --resume")
+        from acp.fileio import require_fresh_output
+
+        require_fresh_output(run_dir, "pick a new directory or pass --resume")
         resolved = _with_overrides(_load(config), flops, params, search_overrides)
     settings = SearchSettings.from_dict(resolved.get("search"), **execution)
     return _run(resolved, settings, run_dir, resume=resume is not None, progress=progress)
