@@ -153,10 +153,29 @@ def load_pruned(
                 raise UserError(f"no weights for {arch_path}: expected {weights} (or pass weights=...)")
         base, space = build_space(peek.model, peek.space)
         arch = Architecture.load(arch_path, space)  # errors name the file, not "<architecture>"
-        return load_weights_into(materialize(base, arch, space), weights)
+        return _load_pruned_weights(base, materialize(base, arch, space), weights)
     base, space = build_space(arch.model, arch.space)
-    pruned = materialize(base, arch, space)
-    return load_weights_into(pruned, weights)
+    return _load_pruned_weights(base, materialize(base, arch, space), weights)
+
+
+def _load_pruned_weights(base: nn.Module, pruned: nn.Module, weights) -> nn.Module:
+    """Load ``weights`` into the pruned model; the unpruned model's weights get a hint to prune first."""
+    from acp.fileio import load_state_dict_file
+
+    try:
+        return load_weights_into(pruned, weights)
+    except UserError as error:
+        state = load_state_dict_file(weights)
+        base_state = base.state_dict()
+        unpruned = state.keys() == base_state.keys() and all(
+            state[key].shape == base_state[key].shape for key in base_state
+        )
+        if not unpruned:
+            raise
+        raise UserError(
+            f"{error} -- {weights} holds the unpruned model's weights; run `acp prune ARCH --weights "
+            f"{weights} --out DIR` first and use DIR"
+        ) from None
 
 
 def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, *, opset: int | None = None) -> Path:

@@ -296,6 +296,11 @@ CASES = [
         ["tampered.json: macs: recorded"],
     ),
     (
+        "export given the unpruned weights",
+        ["export", "{arch}", "--weights", "{base.pt}", "--onnx", "{new.onnx}"],
+        ["does not fit the model", "base.pt holds the unpruned model's weights; run `acp prune ARCH"],
+    ),
+    (
         "architecture: tampered costs (eval)",
         ["eval", "{tampered.json}", "--weights", "{base.pt}", "--data", "digits:16"],
         ["tampered.json: macs: recorded"],
