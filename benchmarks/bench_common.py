@@ -22,3 +22,30 @@ def update_section(title: str, lines: list[str], path: Path = RESULTS) -> None:
         rest = "" if end == -1 else text[end + 1 :]
         updated = text[: start + 1] + section + ("\n" + rest if rest else "")
     atomic_write_text(path, updated)
+
+
+def provenance_lines(script: str, machine: str = "", versions: dict[str, str] | None = None) -> list[str]:
+    """The Command / Date and machine / Versions lines every RESULTS.md section starts with."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    command = " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+    detail = f", {machine}" if machine else ""
+    packages = {"python": platform.python_version(), "torch": torch.__version__, **(versions or {})}
+    return [
+        f"Command: `{command}`  ",
+        f"Date: {date}; machine: {os.cpu_count()} CPU cores ({platform.machine()}){detail}  ",
+        "Versions: "
+        + ", ".join(f"{name} {version}" for name, version in packages.items())
+        + f"; acp at {commit} (+ working tree)",
+    ]
