@@ -1,7 +1,7 @@
 """PSO vs random search vs the clustering proposal alone, on the shared ResNet-20 at 50% MACs.
 
 All three use the same proxy evaluator (adaptive-BN proxy score on a slice of the training split, the
-cluster criterion's channel rankings from the PSO run's proposal.json) and the same budget repair:
+default criterion's channel rankings from the PSO run's proposal.json) and the same budget repair:
 
 - PSO: ``acp.search.search(search_spaces/resnet20_cifar10.toml, flops=0.5, particles=P, iterations=T)``;
 - random search (EagleEye-style): P*T keep-ratio vectors drawn uniformly in the bounds, repaired onto the
@@ -146,8 +146,9 @@ def main() -> None:
         f"pyswarms {pyswarms.__version__}",
         "",
         "Shared ResNet-20 (CIFAR-10), budget 50% of the base MACs, proxy = adaptive-BN score on a slice of "
-        "the training split (default ProxySettings), cluster criterion. Every candidate repaired onto the "
-        "budget. "
+        "the training split (default ProxySettings), "
+        f"{result.architecture.provenance['criterion']} criterion (the default). Every candidate repaired "
+        "onto the budget. "
         f"PSO: {args.particles} particles x {args.iterations} iterations = {evaluations} evaluations "
         f"({pso_seconds:.0f} s incl. setup); random search: the same number of uniformly random keep-ratio "
         f"vectors, repaired ({random_seconds:.0f} s incl. setup).",
