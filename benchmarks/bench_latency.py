@@ -16,7 +16,7 @@ round medians is kept, so drift of a shared machine hits both alike.
 Reported per model, batch size and runtime: speed-up = base ms / pruned ms and
 efficiency = speed-up / (base MACs / pruned MACs); 1.0 means latency falls exactly as MACs do (goal >= 0.85).
 
-    python benchmarks/bench_latency.py [--threads 1] [--rounds 3] [--quick] [--no-write]
+    python benchmarks/bench_latency.py [--threads 1] [--rounds 2] [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -39,6 +39,20 @@ ROOT = Path(__file__).resolve().parents[1]
 QUALITY = ROOT / "bench_results" / "quality"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 SECTION = "CPU latency of pruned models (bench_latency.py)"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per measurement: ``warmup`` untimed passes, then at least ``repeats`` timed ones and at least
+    ``min_seconds`` of them (fast models get many repeats, ImageNet-sized batches of 64 a few)."""
+
+    repeats: int
+    warmup: int
+    min_seconds: float
+
+
+FULL_TIMING = Timing(repeats=3, warmup=2, min_seconds=1.0)
+QUICK_TIMING = Timing(repeats=2, warmup=1, min_seconds=0.1)
 
 
 @dataclass
@@ -104,25 +118,33 @@ def quality_pairs() -> list[Pair]:
     return pairs
 
 
-def eager_runner(model: nn.Module, batch: int, size, threads: int, repeats: int):
+def eager_runner(model: nn.Module, batch: int, size, threads: int, timing: Timing):
     from acp.latency import measure_latency
 
     def run() -> float:
-        latency = measure_latency(model, size, batch_size=batch, repeats=repeats, warmup=3, threads=threads)
+        latency = measure_latency(
+            model,
+            size,
+            batch_size=batch,
+            repeats=timing.repeats,
+            warmup=timing.warmup,
+            threads=threads,
+            min_seconds=timing.min_seconds,
+        )
         return latency.median_ms
 
     return run
 
 
-def torchscript_runner(model: nn.Module, batch: int, size, threads: int, repeats: int):
+def torchscript_runner(model: nn.Module, batch: int, size, threads: int, timing: Timing):
     example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         scripted = torch.jit.freeze(torch.jit.trace(model.eval(), example))
-    return _timed(lambda: scripted(example), threads, repeats)
+    return _timed(lambda: scripted(example), threads, timing)
 
 
-def onnx_runner(model: nn.Module, batch: int, size, threads: int, repeats: int, directory: Path):
+def onnx_runner(model: nn.Module, batch: int, size, threads: int, timing: Timing, directory: Path):
     import onnxruntime
 
     from acp.prune import export_onnx
@@ -133,20 +155,21 @@ def onnx_runner(model: nn.Module, batch: int, size, threads: int, repeats: int, 
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0)).numpy()
-    return _timed(lambda: session.run(None, {"input": example}), threads, repeats, torch_threads=False)
+    return _timed(lambda: session.run(None, {"input": example}), threads, timing, torch_threads=False)
 
 
-def _timed(call, threads: int, repeats: int, warmup: int = 3, torch_threads: bool = True):
+def _timed(call, threads: int, timing: Timing, torch_threads: bool = True):
     def run() -> float:
         previous = torch.get_num_threads()
         if torch_threads:
             torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                for _ in range(warmup):
+                for _ in range(timing.warmup):
                     call()
                 timings = []
-                for _ in range(repeats):
+                started = time.perf_counter()
+                while len(timings) < timing.repeats or time.perf_counter() - started < timing.min_seconds:
                     began = time.perf_counter()
                     call()
                     timings.append(time.perf_counter() - began)
@@ -157,30 +180,23 @@ def _timed(call, threads: int, repeats: int, warmup: int = 3, torch_threads: boo
     return run
 
 
-def runners(runtime: str, model, batch, size, threads, repeats, directory):
+def runners(runtime: str, model, batch, size, threads, timing: Timing, directory):
     if runtime == "eager":
-        return eager_runner(model, batch, size, threads, repeats)
+        return eager_runner(model, batch, size, threads, timing)
     if runtime == "torchscript":
-        return torchscript_runner(model, batch, size, threads, repeats)
-    return onnx_runner(model, batch, size, threads, repeats, directory)
+        return torchscript_runner(model, batch, size, threads, timing)
+    return onnx_runner(model, batch, size, threads, timing, directory)
 
 
-def compare(pair: Pair, runtime: str, batch: int, threads: int, rounds: int, repeats: int, directory: Path):
+def compare(pair: Pair, runtime: str, batch: int, threads: int, rounds: int, timing: Timing, directory: Path):
     """Median over ``rounds`` alternating rounds of (base, pruned) median latencies, in ms."""
-    base_run = runners(runtime, pair.base, batch, pair.input_size, threads, repeats, directory)
-    pruned_run = runners(runtime, pair.pruned, batch, pair.input_size, threads, repeats, directory)
+    base_run = runners(runtime, pair.base, batch, pair.input_size, threads, timing, directory)
+    pruned_run = runners(runtime, pair.pruned, batch, pair.input_size, threads, timing, directory)
     base_ms, pruned_ms = [], []
     for _ in range(rounds):
         base_ms.append(base_run())
         pruned_ms.append(pruned_run())
     return statistics.median(base_ms), statistics.median(pruned_ms)
-
-
-def repeats_for(pair: Pair, batch: int, quick: bool) -> int:
-    work = pair.base_macs * batch  # keep every measurement around a second or less
-    if quick:
-        return 3 if work > 5e9 else 10
-    return max(5, min(50, int(2e10 / max(work, 1))))
 
 
 def available_runtimes() -> list[str]:
@@ -197,15 +213,16 @@ def available_runtimes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating base/pruned rounds")
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--quick", action="store_true", help="smoke test: few repeats, small batches")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     batches = [1, 8] if args.quick else [int(b) for b in args.batches.split(",")]
     rounds = 1 if args.quick else args.rounds
+    timing = QUICK_TIMING if args.quick else FULL_TIMING
     began = time.perf_counter()
-    pairs = quality_pairs()
+    pairs = quality_pairs()[: 2 if args.quick else None]
     for name, family in (
         ("resnet20_cifar", "ResNet-20 (32 px)"),
         ("resnet18", "torchvision ResNet-18 (224 px)"),
@@ -220,9 +237,8 @@ def main() -> None:
                 for batch in batches:
                     if args.quick and batch > 1 and pair.base_macs > 1e9:
                         continue  # --quick: ImageNet-sized models at batch 1 only
-                    repeats = repeats_for(pair, batch, args.quick)
                     base_ms, pruned_ms = compare(
-                        pair, runtime, batch, args.threads, rounds, repeats, Path(directory)
+                        pair, runtime, batch, args.threads, rounds, timing, Path(directory)
                     )
                     speedup = base_ms / pruned_ms
                     efficiency = speedup / (pair.base_macs / pair.pruned_macs)
