@@ -51,7 +51,7 @@ class Timing:
     min_seconds: float
 
 
-FULL_TIMING = Timing(repeats=3, warmup=1, min_seconds=0.5)
+FULL_TIMING = Timing(repeats=3, warmup=2, min_seconds=0.5)  # TorchScript optimizes after 2 runs
 QUICK_TIMING = Timing(repeats=2, warmup=1, min_seconds=0.1)
 
 
