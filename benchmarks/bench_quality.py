@@ -342,6 +342,19 @@ def acp_evaluations(folder: Path, args) -> int:
 # --- finetuning ----------------------------------------------------------------------------------------
 
 
+def job_recipe(job: dict) -> dict:
+    return {key: job[key] for key in ("epochs", "train_images", "lr", "distill")}
+
+
+def finished_result(job: dict) -> dict | None:
+    """The saved result of ``job`` if it was finetuned with the same recipe, else None."""
+    path = Path(job["out"]) / RESULT_FILE
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    return done if done.get("recipe") == job_recipe(job) else None
+
+
 def finetune_job(job: dict) -> dict:
     """Materialize, recalibrate BN, finetune and save one (architecture, seed); runs in a worker process."""
     from acp.arch import Architecture
@@ -353,12 +366,12 @@ def finetune_job(job: dict) -> dict:
     from acp.train import Schedule, evaluate, train
 
     out = Path(job["out"])
-    recipe = {key: job[key] for key in ("epochs", "train_images", "lr", "distill")}
-    if (out / RESULT_FILE).is_file():
-        done = json.loads((out / RESULT_FILE).read_text())
-        if done.get("recipe") == recipe:
-            return done
+    done = finished_result(job)
+    if done is not None:
+        return done
+    if out.exists():
         shutil.rmtree(out)  # finetuned with another recipe: redo
+    recipe = job_recipe(job)
     torch.set_num_threads(job["threads"])
     data = load_data(job["data"])
     splits = make_splits(data, "shared")
@@ -424,19 +437,21 @@ def table(budgets, methods, searches, results, base_macs, base_params) -> list[s
             f"**{flops:.0%} of the base MACs**",
             "",
             "| method | MACs | params | val acc, pruned + BN recal | val acc, finetuned (mean, min-max) "
-            "| choice wall time | proxy evaluations |",
-            "|---|---|---|---|---|---|---|",
+            "| finetune seeds | choice wall time | proxy evaluations |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for method in methods:
             record = searches[flops][method]
             rows = [r for r in results if r["flops"] == flops and r["method"] == method]
+            if not rows:
+                continue
             accs = [100 * r["finetuned_accuracy"] for r in rows]
             spread = f" ({min(accs):.2f}-{max(accs):.2f})" if len(accs) > 1 else ""
             lines.append(
                 f"| {LABELS[method]} | {record['macs'] / base_macs:.1%} "
                 f"| {record['params'] / base_params:.1%} "
                 f"| {100 * rows[0]['recalibrated_accuracy']:.2f}% | **{statistics.mean(accs):.2f}%**{spread} "
-                f"| {record['seconds']:.0f} s | {record['evaluations']} |"
+                f"| {len(rows)} | {record['seconds']:.0f} s | {record['evaluations']} |"
             )
         lines.append("")
     return lines
@@ -456,6 +471,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "quality"))
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny search and finetune")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--report-only", action="store_true", help="report the finetunes already saved, run no new ones"
+    )
     args = parser.parse_args()
     if not CONFIG.is_file() or not (SHARED / "models" / "resnet20_cifar10.pt").is_file():
         sys.exit("needs ../shared (ResNet-20 weights and CIFAR-10)")
@@ -504,7 +522,10 @@ def main() -> None:
                     }
                 )
     jobs.sort(key=lambda job: job["seed"])  # every architecture's seed 0 first
-    results = run_finetunes(jobs, args.workers)
+    if args.report_only:
+        results = [done for done in map(finished_result, jobs) if done is not None]
+    else:
+        results = run_finetunes(jobs, args.workers)
     methods = [m for m in METHODS if m in args.methods]
     from acp.train import evaluate
 
@@ -523,7 +544,9 @@ def report(args, budgets, methods, searches, results, setup, base_accuracy, seco
     import torch_pruning
     from bench_common import provenance_lines
 
-    machine = f"{args.workers} worker processes; total {seconds / 60:.0f} min"
+    machine = f"{args.workers} worker processes"
+    if not args.report_only:
+        machine += f"; total {seconds / 60:.0f} min"
     versions = {
         "torch-pruning": torch_pruning.__version__,
         "pyswarms": pyswarms.__version__,
