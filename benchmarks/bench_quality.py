@@ -108,18 +108,17 @@ class Setup:
 
         return make_criterion(name, self.space, model=self.problem.model, statistics=self.statistics, seed=0)
 
-    def architecture(self, widths, keep, flops: float, source: str, criterion: str, space=None):
+    def architecture(self, widths, keep, flops: float, source: str, criterion: str):
         from acp.arch import Architecture
 
-        space = space or self.space
-        widths = {group.id: int(w) for group, w in zip(space.groups, widths)}
+        widths = {group.id: int(w) for group, w in zip(self.space.groups, widths)}
         return Architecture.from_widths(
-            space,
+            self.space,
             self.problem.identity,
             widths,
             keep,
             budget={"flops": flops},
-            space_settings=dict(space.settings),
+            space_settings=dict(self.space.settings),
             provenance={"source": source, "seed": 0, "criterion": criterion},
         )
 
