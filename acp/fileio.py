@@ -95,7 +95,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_weights_into(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a state_dict file into ``model`` strictly; mismatches become a user error naming the first one."""
-    state = load_state_dict_file(path)
+    return load_state_into(model, load_state_dict_file(path), path)
+
+
+def load_state_into(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> torch.nn.Module:
+    """Load an already-read state_dict (from file ``path``, for messages) into ``model`` strictly."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

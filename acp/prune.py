@@ -22,11 +22,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from acp._graph import pruned_copy
-from acp.arch import Architecture, ModelIdentity
+from acp.core.architecture import Architecture, ModelIdentity
+from acp.core.graph import pruned_copy
+from acp.core.space import ChannelSpace
 from acp.errors import UserError
 from acp.fileio import atomic_torch_save, load_weights_into
-from acp.space import ChannelSpace
+from acp.settings import SpaceSettings
 
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "weights.pt"
@@ -49,11 +50,28 @@ def space_settings_for(identity: ModelIdentity, settings: Mapping | None) -> dic
     card = model_card(identity.name)
     if card is not None:
         ignored += [name for name in card.classifier if name not in ignored]
+    defaults = SpaceSettings()
     return {
-        "round_to": settings.get("round_to", 1),
-        "min_keep": settings.get("min_keep", 0.1),
+        "round_to": settings.get("round_to", defaults.round_to),
+        "min_keep": settings.get("min_keep", defaults.min_keep),
         "ignored_layers": ignored,
     }
+
+
+def architecture_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/arch.json`` for a directory written by :func:`save_pruned`."""
+    path = Path(path)
+    return path / ARCH_FILE if path.is_dir() else path
+
+
+def load_architecture(path: str | os.PathLike) -> tuple[Architecture, nn.Module, ChannelSpace]:
+    """Read an architecture file once, build its unpruned model (random init) and space, and check the
+    architecture against that space (errors name the file)."""
+    path = architecture_file(path)
+    arch = Architecture.load(path)
+    base, space = build_space(arch.model, arch.space)
+    arch.validate_against(space, source=str(path))
+    return arch, base, space
 
 
 def build_space(
@@ -144,15 +162,12 @@ def load_pruned(
         if weights is None:
             raise UserError("load_pruned: weights file required when passing an Architecture")
     else:
-        path = Path(path_or_arch)
-        arch_path = path / ARCH_FILE if path.is_dir() else path
-        peek = Architecture.load(arch_path)
+        arch_path = architecture_file(path_or_arch)
+        arch, base, space = load_architecture(arch_path)
         if weights is None:
             weights = arch_path.parent / WEIGHTS_FILE
             if not weights.is_file():
                 raise UserError(f"no weights for {arch_path}: expected {weights} (or pass weights=...)")
-        base, space = build_space(peek.model, peek.space)
-        arch = Architecture.load(arch_path, space)  # errors name the file, not "<architecture>"
         return _load_pruned_weights(base, materialize(base, arch, space), weights)
     base, space = build_space(arch.model, arch.space)
     return _load_pruned_weights(base, materialize(base, arch, space), weights)
@@ -213,20 +228,17 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, *, opset
     return path
 
 
-def random_architecture(
-    space: ChannelSpace, identity: ModelIdentity, rng: np.random.Generator, *, settings: Mapping | None = None
-) -> Architecture:
-    """An architecture with random allowed widths and random kept channels (tests and benchmarks)."""
-    widths, keep = {}, {}
-    for group in space.groups:
-        width = int(rng.choice(group.allowed_widths()))
-        widths[group.id] = width
-        keep[group.id] = np.sort(rng.choice(group.full_width, size=width, replace=False)).tolist()
-    return Architecture.from_widths(
-        space,
-        identity,
-        widths,
-        keep,
-        space_settings=dict(settings if settings is not None else space.settings),
-        provenance={"source": "manual", "created": None},
-    )
+def onnx_max_difference(model: nn.Module, input_size, path) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's outputs on a seeded input;
+    RuntimeError when they disagree beyond float tolerance (needs the ``onnx`` extra)."""
+    import onnxruntime
+
+    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(example).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {"input": example.numpy()})
+    difference = float(np.abs(actual - expected).max())
+    if not np.allclose(actual, expected, rtol=1e-3, atol=1e-4):
+        raise RuntimeError(f"ONNX export of {path} disagrees with PyTorch (max abs difference {difference})")
+    return difference

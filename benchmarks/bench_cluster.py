@@ -45,11 +45,11 @@ def peak_rss_gb() -> float:
 
 
 def run_one(model_name: str, size: int, multiplier: int, images: int, batch_size: int) -> dict:
-    from acp.arch import ModelIdentity
-    from acp.cluster import propose_widths
-    from acp.criteria import make_criterion
-    from acp.features import collect_statistics
+    from acp.core.architecture import ModelIdentity
     from acp.models import create_model
+    from acp.propose.clustering import propose_widths
+    from acp.propose.criteria import make_criterion
+    from acp.propose.features import collect_statistics
     from acp.prune import space_for
 
     torch.set_num_threads(2)

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from acp.arch import ModelIdentity
+from acp.core.architecture import ModelIdentity
 from acp.fileio import atomic_write_text
-from acp.prune import build_space, materialize, materialize_with_torch_pruning, random_architecture
+from acp.prune import build_space, materialize, materialize_with_torch_pruning
+from acp.testing import random_architecture
 
 SIZES = {"densenet121": 224}
 SECTION = "## Cost model and materialization (bench_cost_model.py)"

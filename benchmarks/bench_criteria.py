@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from acp.arch import Architecture, ModelIdentity
-from acp.cluster import proposal_to_architecture, propose_widths
-from acp.criteria import CRITERIA, make_criterion
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.data import load_data, make_splits, take_stratified
-from acp.features import collect_statistics
 from acp.fileio import load_state_dict_file
 from acp.models import create_model
+from acp.propose.clustering import proposal_to_architecture, propose_widths
+from acp.propose.criteria import CRITERIA, make_criterion
+from acp.propose.features import collect_statistics
 from acp.prune import materialize, space_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -37,17 +37,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from acp.arch import Architecture, ModelIdentity
-    from acp.cluster import propose_widths
-    from acp.criteria import make_criterion
+    from acp.core.architecture import Architecture, ModelIdentity
+    from acp.core.space import ChannelSpace
     from acp.data import load_data, make_splits, take_stratified
-    from acp.features import collect_statistics
     from acp.fileio import load_weights_into
     from acp.models import create_model
-    from acp.proxy import recalibrate_batchnorm
+    from acp.propose.clustering import propose_widths
+    from acp.propose.criteria import make_criterion
+    from acp.propose.features import collect_statistics
+    from acp.proxy.evaluator import recalibrate_batchnorm
     from acp.prune import materialize
-    from acp.space import ChannelSpace
-    from acp.train import Schedule, evaluate, train
+    from acp.train.loop import Schedule, evaluate, train
 
     data = load_data(str(SHARED / "data" / "cifar10" / "train"))
     splits = make_splits(data, "shared")

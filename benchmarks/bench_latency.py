@@ -9,7 +9,7 @@ Models:
   models: latency does not depend on the values, and nothing is downloaded.
 
 Timing: eval mode, ``torch.inference_mode``, a fixed thread count (``--threads``), warm-up passes, then
-the median of repeated forwards (``acp.latency.measure_latency``; ONNX Runtime timed the same way with
+the median of repeated forwards (``acp.latency.measure.measure_latency``; ONNX Runtime timed the same way with
 ``intra_op_num_threads``). Base and pruned model are measured in alternating rounds and the median of the
 round medians is kept, so drift of a shared machine hits both alike.
 
@@ -67,11 +67,11 @@ class Pair:
 
 
 def uniform_pair(name: str, family: str, round_to: int, flops: float = 0.5) -> Pair:
-    from acp.arch import Architecture, ModelIdentity
-    from acp.criteria import make_criterion
+    from acp.core.architecture import Architecture, ModelIdentity
+    from acp.core.budget import Budget
     from acp.models import default_input_size
+    from acp.propose.criteria import make_criterion
     from acp.prune import build_space, materialize
-    from acp.search.budget import Budget
 
     torch.manual_seed(0)
     identity = ModelIdentity(name, 10 if name.endswith("_cifar") else 1000, default_input_size(name), {})
@@ -95,7 +95,7 @@ def uniform_pair(name: str, family: str, round_to: int, flops: float = 0.5) -> P
 
 def quality_pairs() -> list[Pair]:
     """Seed-0 finetuned models of bench_quality.py, against the shared ResNet-20."""
-    from acp.arch import Architecture
+    from acp.core.architecture import Architecture
     from acp.prune import build_space, load_pruned
 
     pairs = []
@@ -119,7 +119,7 @@ def quality_pairs() -> list[Pair]:
 
 
 def eager_runner(model: nn.Module, batch: int, size, threads: int, timing: Timing):
-    from acp.latency import measure_latency
+    from acp.latency.measure import measure_latency
 
     def run() -> float:
         latency = measure_latency(

@@ -41,7 +41,7 @@ WEIGHTS = {"resnet20_cifar": "resnet20_cifar10.pt", "resnet56_cifar": "resnet56_
 
 def load_base(name: str):
     """(model with the shared weights, identity, space) for a CIFAR-10 model."""
-    from acp.arch import ModelIdentity
+    from acp.core.architecture import ModelIdentity
     from acp.fileio import load_weights_into
     from acp.models import create_model
     from acp.prune import space_for
@@ -115,7 +115,7 @@ def bare_forward(
     model: nn.Module, calibration, validation: torch.Tensor, batch_size: int, *, no_grad=False, with_cpu=False
 ):
     """The forward passes one evaluation makes, and nothing else; returns seconds (and CPU seconds)."""
-    from acp.proxy import batchnorm_layers
+    from acp.proxy.evaluator import batchnorm_layers
 
     context = torch.no_grad if no_grad else torch.inference_mode
     norms = batchnorm_layers(model)
@@ -137,19 +137,22 @@ def bare_forward(
 
 
 def time_model(name: str, proxy_data, settings, candidates: int, repeats: int, seed: int) -> dict:
-    from acp.criteria import make_criterion
-    from acp.proxy import ProxyEvaluator
+    from acp.propose.criteria import make_criterion
+    from acp.proxy.evaluator import ProxyEvaluator
     from acp.prune import materialize
 
     model, identity, space = load_base(name)
     criterion = make_criterion("l1", space, model=model)
     evaluator = ProxyEvaluator(model, space, criterion, proxy_data, settings, identity=identity)
+    # the images an evaluation runs on (NCHW: channels_last is off in these settings)
+    calibration = proxy_data.calibration_batches(
+        settings.calibration_batch_size, settings.calibration_batches
+    )
+    validation = proxy_data.validation_images
     rows = []
     for widths in candidates_at_budget(space, candidates, 0.5, seed):
         evaluator.evaluate(widths)  # warm-up (allocator, oneDNN primitive cache)
         pruned = evaluator.pruned_model(widths)
-        calibration, _, _ = evaluator._batches()
-        validation = evaluator._validation_inputs()
         evaluation_times, bare_times, materialize_times, evaluation_cpu, bare_cpu = [], [], [], [], []
         for _ in range(repeats):
             evaluator.clear_cache()
@@ -162,7 +165,7 @@ def time_model(name: str, proxy_data, settings, candidates: int, repeats: int, s
             bare_times.append(wall)
             bare_cpu.append(cpu)
             began = time.perf_counter()
-            materialize(evaluator._base, evaluator.architecture(widths), space)
+            materialize(model, evaluator.architecture(widths), space)
             materialize_times.append(time.perf_counter() - began)
         evaluation = statistics.median(evaluation_times)
         bare = statistics.median(bare_times)
@@ -203,8 +206,8 @@ TUNING = (  # (threads, channels_last, eval batch size, no_grad instead of infer
 def tuning_table(proxy_data, settings, seed: int) -> list[tuple[str, float, float]]:
     """Bare forward passes of one ResNet-20 candidate per configuration (5 calibration batches + 1,000
     validation images, best of 2): images per wall second and per CPU second."""
-    from acp.criteria import make_criterion
-    from acp.proxy import ProxyEvaluator
+    from acp.propose.criteria import make_criterion
+    from acp.proxy.evaluator import ProxyEvaluator
 
     model, identity, space = load_base("resnet20_cifar")
     criterion = make_criterion("l1", space, model=model)
@@ -252,15 +255,16 @@ def main() -> None:
         sys.exit(f"needs {CIFAR} and the shared weights")
 
     from acp.data import load_data, make_splits
-    from acp.proxy import ProxySettings, default_proxy_data
+    from acp.proxy.evaluator import default_proxy_data
+    from acp.settings import ProxySettings
 
     torch.set_num_threads(args.threads)
     started = datetime.datetime.now(datetime.UTC)
     env = environment()
     data = load_data(str(CIFAR))
     splits = make_splits(data, "shared")
-    settings = ProxySettings(threads=args.threads)
-    proxy_data = default_proxy_data(data, splits.train, settings, validation_images=args.validation_images)
+    settings = ProxySettings(threads=args.threads, validation_images=args.validation_images)
+    proxy_data = default_proxy_data(data, splits.train, settings, seed=0)
     del data
     models = [] if args.only_tuning else args.models
     results = [

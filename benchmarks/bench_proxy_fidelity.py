@@ -12,7 +12,7 @@ channel selection) are scored by
       cumulative pass over the same slices); optionally N finetune steps before scoring,
 and (c) the validation-split accuracy (the shared split's 5,000 images, never seen by the proxy) after one
 epoch of finetuning on a fixed stratified subset of the training split (same recipe for every candidate:
-``acp.train.train``, SGD nesterov, lr 0.05 cosine, wd 5e-4, batch 128, crop+flip, seed 0).
+``acp.train.loop.train``, SGD nesterov, lr 0.05 cosine, wd 5e-4, batch 128, crop+flip, seed 0).
 Reports Spearman and Kendall correlations of each proxy with (c). Results are cached in ``--work`` (JSON
 lines, one file for proxies, one for finetunes), so ``--shard 0/2`` and ``--shard 1/2`` can run side by
 side and a final run without ``--shard`` (or with ``--skip-finetune``) reports on everything cached.
@@ -66,12 +66,12 @@ def per_image(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int
     return np.concatenate(correct), np.concatenate(losses)
 
 
-def variant_scores(evaluator, proxy_data, widths) -> dict[str, float]:
+def variant_scores(evaluator, base, proxy_data, widths) -> dict[str, float]:
     """K-batch variants on the default slices: one cumulative calibration pass gives every K."""
-    from acp.proxy import batchnorm_layers, combined_score
+    from acp.proxy.evaluator import batchnorm_layers, combined_score
     from acp.prune import materialize
 
-    model = materialize(evaluator._base, evaluator.architecture(widths), evaluator.space).eval()
+    model = materialize(base, evaluator.architecture(widths), evaluator.space).eval()
     norms = batchnorm_layers(model)
     for norm in norms:
         norm.reset_running_stats()
@@ -92,11 +92,12 @@ def variant_scores(evaluator, proxy_data, widths) -> dict[str, float]:
     return scores
 
 
-def finetune(widths, evaluator, data, train_subset, val_indices, threads: int) -> dict:
+def finetune(widths, evaluator, base, data, train_subset, val_indices, threads: int) -> dict:
     from acp.prune import materialize
-    from acp.train import Schedule, train
+    from acp.settings import Schedule
+    from acp.train.loop import train
 
-    model = materialize(evaluator._base, evaluator.architecture(widths), evaluator.space)
+    model = materialize(base, evaluator.architecture(widths), evaluator.space)
     # channels_last=False: oneDNN's channels-last convolution backward crashes (heap corruption) on some
     # pruned shapes with torch 2.14 on this CPU, e.g. widths 5,12,11,5,28,32,26,16,64,47,47,63
     schedule = Schedule(
@@ -148,10 +149,11 @@ def main() -> None:
     if not CIFAR.is_dir():
         sys.exit(f"needs {CIFAR} and the shared weights")
 
-    from acp.criteria import make_criterion
     from acp.data import load_data, make_splits, take_stratified
-    from acp.proxy import ProxyEvaluator, ProxySettings
-    from acp.proxy_data import ProxyData
+    from acp.propose.criteria import make_criterion
+    from acp.proxy.data import ProxyData
+    from acp.proxy.evaluator import ProxyEvaluator
+    from acp.settings import ProxySettings
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -214,7 +216,7 @@ def main() -> None:
             )
         record = dict(proxies[key])
         if args.variants and "K5/acc" not in record:
-            record.update(variant_scores(default, default_data, widths))
+            record.update(variant_scores(default, model, default_data, widths))
         if args.finetune_steps_variant and "finetune_steps" not in record:
             record["finetune_steps"] = finetuned.evaluate(widths).score
         if record != proxies[key]:  # later lines of the cache override earlier ones
@@ -222,7 +224,10 @@ def main() -> None:
             append_jsonl(work / "proxies.jsonl", record)
             print(f"[{number}/{len(candidates)}] variants added", flush=True)
         if key not in truths and not args.skip_finetune:
-            truth = {"key": key, **finetune(widths, default, data, train_subset, splits.val, args.threads)}
+            truth = {
+                "key": key,
+                **finetune(widths, default, model, data, train_subset, splits.val, args.threads),
+            }
             truths[key] = truth
             append_jsonl(work / "finetune.jsonl", truth)
             print(

@@ -38,9 +38,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from acp.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -79,20 +83,17 @@ TP_STEPS, TP_MAX_RATIO = 1000, 0.9
 class Setup:
     """What every method shares: the base model, its channel space, the data, proxy data and statistics."""
 
-    def __init__(self, config: dict, quick: bool):
-        from acp.features import collect_statistics
-        from acp.problem import load_problem
-        from acp.proxy import default_proxy_data
-        from acp.search.run import _proxy_settings
+    def __init__(self, settings: RunSettings, quick: bool):
+        from acp.propose.features import collect_statistics
+        from acp.proxy.evaluator import default_proxy_data, fit_to_training_split
+        from acp.workflows.problem import load_problem
 
-        self.config = config
-        self.problem = load_problem(config, require_weights=True)
+        self.settings = settings
+        self.problem = load_problem(settings, require_weights=True)
         self.space = self.problem.space
         self.data, self.splits = self.problem.data()
-        self.proxy_settings, validation = _proxy_settings(config["proxy"], len(self.splits.train))
-        self.proxy_data = default_proxy_data(
-            self.data, self.splits.train, self.proxy_settings, validation_images=validation, seed=0
-        )
+        self.proxy_settings = fit_to_training_split(settings.proxy, len(self.splits.train))
+        self.proxy_data = default_proxy_data(self.data, self.splits.train, self.proxy_settings, seed=0)
         began = time.perf_counter()
         self.statistics = collect_statistics(
             self.problem.model,
@@ -104,12 +105,12 @@ class Setup:
         self.statistics_seconds = time.perf_counter() - began
 
     def criterion(self, name: str):
-        from acp.criteria import make_criterion
+        from acp.propose.criteria import make_criterion
 
         return make_criterion(name, self.space, model=self.problem.model, statistics=self.statistics, seed=0)
 
     def architecture(self, widths, keep, flops: float, source: str, criterion: str):
-        from acp.arch import Architecture
+        from acp.core.architecture import Architecture
 
         widths = {group.id: int(w) for group, w in zip(self.space.groups, widths)}
         return Architecture.from_widths(
@@ -123,7 +124,7 @@ class Setup:
         )
 
     def evaluator(self, criterion_name: str):
-        from acp.proxy import ProxyEvaluator
+        from acp.proxy.evaluator import ProxyEvaluator
 
         return ProxyEvaluator(
             self.problem.model,
@@ -136,7 +137,7 @@ class Setup:
 
 
 def uniform_widths(setup: Setup, flops: float) -> np.ndarray:
-    from acp.search.budget import Budget
+    from acp.core.budget import Budget
 
     return Budget(setup.space, flops=flops).repair(np.ones(len(setup.space.groups)))
 
@@ -185,7 +186,7 @@ def torch_pruning_architecture(model, identity, space, flops: float):
     """What :func:`torch_pruning_global` keeps, as an acp Architecture (saved and finetuned like the other
     rows). Torch-Pruning may leave a group narrower than acp's ``min_keep`` allows, so the architecture is
     described in a space with ``min_keep=0.01``."""
-    from acp.arch import Architecture
+    from acp.core.architecture import Architecture
     from acp.prune import space_for
 
     tagged, macs, steps = torch_pruning_global(model, torch.zeros(1, *identity.input_size), flops)
@@ -217,8 +218,8 @@ def choose_torch_pruning_global(setup: Setup, flops: float):
 
 
 def choose_random_search(setup: Setup, flops: float, evaluations: int, workers: int, seed: int = 0):
+    from acp.core.budget import Budget
     from acp.search.backends import make_backend
-    from acp.search.budget import Budget
     from acp.search.encoding import KeepRatioEncoding
 
     evaluator = setup.evaluator("l1")
@@ -248,7 +249,7 @@ def choose_random_search(setup: Setup, flops: float, evaluations: int, workers: 
 
 def choose_acp_paper(setup: Setup, flops: float):
     """DBSCAN cluster counts as widths; eps from a log grid, the fitting one with the most MACs."""
-    from acp.cluster import propose_widths
+    from acp.propose.clustering import propose_widths
 
     best = None
     for eps in np.geomspace(1e-3, 1.0, 160):
@@ -266,16 +267,17 @@ def choose_acp_paper(setup: Setup, flops: float):
 
 def choose_acp(setup: Setup, flops: float, run_dir: Path, args, criterion: str | None = None):
     """acp's search as a user runs it (``criterion=None``: the default criterion)."""
-    from acp.arch import Architecture
-    from acp.search import search
+    from acp.core.architecture import Architecture
+    from acp.workflows.rundir import BEST_ARCH_FILE
+    from acp.workflows.search import search
 
-    config = copy.deepcopy(setup.config)
+    settings = setup.settings
     if criterion is not None:
-        config["search"] = {**config.get("search", {}), "criterion": criterion}
+        settings = settings.replace(search=settings.search.replace(criterion=criterion))
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished search from an interrupted benchmark: start it again
     result = search(
-        config,
+        settings,
         out=run_dir,
         flops=flops,
         particles=args.particles,
@@ -283,13 +285,13 @@ def choose_acp(setup: Setup, flops: float, run_dir: Path, args, criterion: str |
         seed=0,
         workers=args.workers,
     )
-    arch = Architecture.load(run_dir / "best_arch.json", setup.space)
+    arch = Architecture.load(run_dir / BEST_ARCH_FILE, setup.space)
     return arch, {"evaluations": result.evaluations, "proxy_score": result.best_score}
 
 
 def choose_all(setup: Setup, flops: float, folder: Path, args) -> dict[str, Path]:
     """Architecture file per method under ``folder`` (computed once, reused on a rerun)."""
-    from acp.arch import Architecture
+    from acp.core.architecture import Architecture
     from acp.fileio import atomic_write_json
 
     paths = {}
@@ -356,13 +358,14 @@ def finished_result(job: dict) -> dict | None:
 
 def finetune_job(job: dict) -> dict:
     """Materialize, recalibrate BN, finetune and save one (architecture, seed); runs in a worker process."""
-    from acp.arch import Architecture
+    from acp.core.architecture import Architecture
     from acp.data import load_data, make_splits, take_stratified
     from acp.fileio import atomic_write_json, load_weights_into
     from acp.models import create_model
-    from acp.proxy import recalibrate_batchnorm
+    from acp.proxy.evaluator import recalibrate_batchnorm
     from acp.prune import materialize, save_pruned
-    from acp.train import Schedule, evaluate, train
+    from acp.settings import Schedule
+    from acp.train.loop import evaluate, train
 
     out = Path(job["out"])
     done = finished_result(job)
@@ -484,18 +487,20 @@ def main() -> None:
         args.methods.insert(0, "acp")  # random search gets as many evaluations as acp's PSO used
     args.methods.sort(key=lambda m: (m != "acp", m))  # acp first (random search needs its count)
     budgets = [float(b) for b in args.budgets.split(",")]
-    from acp.config import load_config
+    from acp.settings import load_settings
 
-    config = load_config(CONFIG)
+    settings = load_settings(CONFIG)
     if args.quick:
         args.epochs, args.train_images, args.seeds = 1, 1000, 1
         args.particles, args.iterations = 4, 2
-        config["proxy"] = {**config.get("proxy", {}), "calibration_batches": 4, "validation_images": 500}
+        settings = settings.replace(
+            proxy=settings.proxy.replace(calibration_batches=4, validation_images=500)
+        )
         args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
     out = Path(args.out)
     torch.set_num_threads(1)
     began = time.perf_counter()
-    setup = Setup(config, args.quick)
+    setup = Setup(settings, args.quick)
     searches, jobs = {}, []
     for flops in budgets:
         folder = out / f"flops{flops:g}"
@@ -512,8 +517,8 @@ def main() -> None:
                         "arch": str(arch_path),
                         "out": str(folder / method / f"seed{seed}"),
                         "distill": method == "acp_distill",
-                        "data": config["data"]["spec"],
-                        "weights": config["model"]["weights"],
+                        "data": settings.data.spec,
+                        "weights": settings.model.weights,
                         "epochs": args.epochs,
                         "train_images": args.train_images,
                         "lr": args.lr,
@@ -526,7 +531,7 @@ def main() -> None:
     else:
         results = run_finetunes(jobs, args.workers)
     methods = [m for m in METHODS if m in args.methods]
-    from acp.train import evaluate
+    from acp.train.loop import evaluate
 
     base_accuracy, _ = evaluate(setup.problem.model, setup.data, setup.splits.val)
     seconds = time.perf_counter() - began

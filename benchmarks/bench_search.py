@@ -3,7 +3,7 @@
 All three use the same proxy evaluator (adaptive-BN proxy score on a slice of the training split, the
 default criterion's channel rankings from the PSO run's proposal.json) and the same budget repair:
 
-- PSO: ``acp.search.search(search_spaces/resnet20_cifar10.toml, flops=0.5, particles=P, iterations=T)``;
+- PSO: ``acp.search(search_spaces/resnet20_cifar10.toml, flops=0.5, particles=P, iterations=T)``;
 - random search (EagleEye-style): P*T keep-ratio vectors drawn uniformly in the bounds, repaired onto the
   budget, evaluated; best-so-far reported per block of P evaluations;
 - the clustering proposal alone: particle 0 of the PSO's first iteration (the proposal, repaired).
@@ -37,21 +37,19 @@ from bench_common import update_section  # noqa: E402  (benchmarks/ is the scrip
 
 
 def random_search(run_dir: Path, evaluations: int, particles: int, seed: int):
-    from acp.config import load_config
-    from acp.problem import load_problem
-    from acp.proxy import ProxyEvaluator, default_proxy_data
-    from acp.search.budget import Budget
+    from acp.core.budget import Budget
+    from acp.proxy.evaluator import ProxyEvaluator, default_proxy_data, fit_to_training_split
     from acp.search.encoding import KeepRatioEncoding
-    from acp.search.run import PROPOSAL_FILE, _proxy_settings, _read_proposal
+    from acp.settings import load_settings
+    from acp.workflows.problem import load_problem
+    from acp.workflows.rundir import CONFIG_FILE, read_proposal
 
-    config = load_config(run_dir / "config.toml")
-    problem = load_problem(config, require_weights=True)
+    settings = load_settings(run_dir / CONFIG_FILE)
+    problem = load_problem(settings, require_weights=True)
     data, splits = problem.data()
-    proxy_settings, validation = _proxy_settings(config.get("proxy") or {}, len(splits.train))
-    proxy_data = default_proxy_data(
-        data, splits.train, proxy_settings, validation_images=validation, seed=config["data"]["seed"]
-    )
-    _, criterion = _read_proposal(run_dir / PROPOSAL_FILE, problem.space)
+    proxy_settings = fit_to_training_split(settings.proxy, len(splits.train))
+    proxy_data = default_proxy_data(data, splits.train, proxy_settings, seed=settings.data.seed)
+    _, criterion = read_proposal(run_dir, problem.space)
     evaluator = ProxyEvaluator(
         problem.model, problem.space, criterion, proxy_data, proxy_settings, identity=problem.identity
     )
@@ -68,7 +66,7 @@ def random_search(run_dir: Path, evaluations: int, particles: int, seed: int):
 def parallel_overhead(sleeps=(0.0, 0.05, 0.2), particles: int = 8, iterations: int = 3):
     """Wall time per evaluation through the serial and the 2-worker loky backend (workers warmed up by a
     first, untimed iteration), for a synthetic evaluator that sleeps ``sleep`` seconds."""
-    from acp.arch import ModelIdentity
+    from acp.core.architecture import ModelIdentity
     from acp.prune import build_space
     from acp.search.backends import make_backend
     from acp.search.synthetic import SyntheticEvaluator
@@ -101,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if not CONFIG.is_file() or not (ROOT.parent / "shared" / "models" / "resnet20_cifar10.pt").is_file():
         sys.exit("needs ../shared (ResNet-20 weights and CIFAR-10)")
-    from acp.search import search
+    from acp.workflows.search import search
 
     overhead = parallel_overhead()
     for sleep, serial, parallel in overhead:

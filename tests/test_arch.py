@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from fake_space import FakeGroup
-from fake_space import FakeSpace as _FakeSpace
 
 import acp
-from acp.arch import SCHEMA, Architecture, GroupChoice, ModelIdentity
+from acp.core.architecture import SCHEMA, Architecture, GroupChoice, ModelIdentity
 from acp.errors import UserError
+from acp.testing import FakeGroup
+from acp.testing import FakeSpace as _FakeSpace
 
 
 class FakeSpace(_FakeSpace):
@@ -607,9 +607,9 @@ def test_from_widths_rejects_width_the_space_forbids(space):
 
 def test_integration_with_real_channel_space(tmp_path):
     try:
-        from acp.space import ChannelSpace
+        from acp.core.space import ChannelSpace
     except Exception as error:  # noqa: BLE001  (any import failure means the sibling module is not ready)
-        pytest.skip(f"acp.space is not importable yet ({type(error).__name__}: {error})")
+        pytest.skip(f"acp.core.space is not importable yet ({type(error).__name__}: {error})")
     import torch
 
     space = ChannelSpace.build(acp.create_model("resnet20_cifar"), torch.zeros(1, 3, 32, 32))

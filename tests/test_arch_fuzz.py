@@ -7,12 +7,12 @@ import copy
 import json
 
 import pytest
-from fake_space import FakeGroup, FakeSpace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acp.arch import Architecture, ModelIdentity
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.errors import UserError
+from acp.testing import FakeGroup, FakeSpace
 
 FUZZ = settings(
     max_examples=150,

@@ -27,7 +27,7 @@ def bench_quality():
 def test_torch_pruning_row_is_exactly_what_torch_pruning_builds(bench_quality):
     """The channels read back from Torch-Pruning's MetaPruner (BatchNorm tagging) rebuild its pruned model
     exactly: same MACs, same outputs, and the budget is met."""
-    from acp.arch import ModelIdentity
+    from acp.core.architecture import ModelIdentity
     from acp.prune import build_space, materialize
 
     identity = ModelIdentity("resnet20_cifar", 10, (3, 32, 32), {})

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from acp.arch import Architecture, ModelIdentity
 from acp.cli import main
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.models import create_model
-from acp.prune import build_space, load_pruned, random_architecture
+from acp.prune import build_space, load_pruned
+from acp.testing import random_architecture
 
 
 def run(capsys, *args):

@@ -1,4 +1,4 @@
-"""Feature statistics (acp.features) and clustering proposals (acp.cluster)."""
+"""Feature statistics (acp.propose.features) and clustering proposals (acp.propose.clustering)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acp.cluster import group_dendrogram, propose_widths
 from acp.errors import UserError
-from acp.features import FeatureStatistics, GroupStatistics, collect_statistics, map_ranks
+from acp.propose.clustering import group_dendrogram, propose_widths
+from acp.propose.features import FeatureStatistics, GroupStatistics, collect_statistics, map_ranks
 
 
 @dataclass(frozen=True)
@@ -327,9 +327,9 @@ ALL_CRITERIA = ("cluster", "l1", "l2", "bn_scale", "hrank", "redundancy", "task"
 )
 def test_real_space_statistics_proposal_and_criteria_materialize(name, size, criteria):
     """Residual stages (resnet20) and depthwise pairs + linear bottlenecks (mobilenet_v2) end to end."""
-    from acp.arch import ModelIdentity
-    from acp.cluster import proposal_to_architecture
-    from acp.criteria import CRITERIA, make_criterion
+    from acp.core.architecture import ModelIdentity
+    from acp.propose.clustering import proposal_to_architecture
+    from acp.propose.criteria import CRITERIA, make_criterion
 
     assert set(ALL_CRITERIA) == set(CRITERIA)
     from acp.prune import build_space, materialize, parameter_count

@@ -11,7 +11,7 @@ import torch_pruning as tp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acp.arch import Architecture, ModelIdentity
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.prune import build_space, materialize
 
 # name -> (create_model kwargs, input side). Big torchvision models run at small inputs to save time.

@@ -13,9 +13,9 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from torch import nn
 
-from acp.criteria import CRITERIA, fisher_scores, make_criterion, redundancy_ranking
 from acp.errors import UserError
-from acp.features import FeatureStatistics, GroupStatistics
+from acp.propose.criteria import CRITERIA, fisher_scores, make_criterion, redundancy_ranking
+from acp.propose.features import FeatureStatistics, GroupStatistics
 
 
 @dataclass(frozen=True)

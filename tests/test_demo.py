@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from acp.arch import Architecture
 from acp.cli import main
+from acp.core.architecture import Architecture
 from acp.prune import load_pruned
 
 

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from acp.arch import Architecture, ModelIdentity
-from acp.config import dump_toml, validate
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.errors import UserError
-from acp.finetune import finetune
 from acp.prune import build_space, load_pruned, materialize
-from acp.train import Schedule
+from acp.settings import RunSettings, Schedule
+from acp.workflows.finetune import finetune
 
 IDENTITY = ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {"widths": [8, 16, 16]})
 
@@ -20,7 +19,7 @@ IDENTITY = ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {"widths": [8, 16, 16
 def base_run(tmp_path_factory):
     """A trained tiny base model on digits and a half-width architecture of it."""
     from acp.data import load_data, make_splits
-    from acp.train import train
+    from acp.train.loop import train
 
     root = tmp_path_factory.mktemp("ft")
     base, space = build_space(IDENTITY)
@@ -41,13 +40,13 @@ def base_run(tmp_path_factory):
         space, IDENTITY, widths, keep, space_settings=space.settings, provenance={"source": "uniform"}
     )
     arch.save(root / "run" / "best_arch.json")
-    config = validate(
+    config = RunSettings.from_document(
         {
             "model": {"name": IDENTITY.name, "weights": str(root / "base" / "weights.pt")},
             "data": {"spec": "digits:16"},
         }
     )
-    (root / "run" / "config.toml").write_text(dump_toml(config))
+    (root / "run" / "config.toml").write_text(config.to_toml())
     return root, arch
 
 
@@ -56,7 +55,7 @@ SCHEDULE = Schedule(epochs=2, batch_size=32, lr=0.05, augment=False)
 
 def test_finetune_improves_and_writes_a_loadable_model(base_run):
     root, arch = base_run
-    result = finetune(root / "run" / "best_arch.json", out_dir=root / "ft", schedule=SCHEDULE, progress=False)
+    result = finetune(root / "run" / "best_arch.json", out_dir=root / "ft", training_schedule=SCHEDULE, progress=False)
     metrics = json.loads((root / "ft" / "metrics.json").read_text())
     assert metrics["val_accuracy_after"] > metrics["val_accuracy_before"]
     assert metrics["macs"] == arch.macs and metrics["params"] == arch.params
@@ -76,7 +75,7 @@ def test_finetune_resume_matches_an_uninterrupted_run(base_run, tmp_path):
     finetune(
         arch_path,
         out_dir=tmp_path / "straight",
-        schedule=SCHEDULE,
+        training_schedule=SCHEDULE,
         progress=False,
         measure_latency_of_models=False,
     )
@@ -91,7 +90,7 @@ def test_finetune_resume_matches_an_uninterrupted_run(base_run, tmp_path):
         finetune(
             arch_path,
             out_dir=tmp_path / "resumed",
-            schedule=SCHEDULE,
+            training_schedule=SCHEDULE,
             progress=False,
             measure_latency_of_models=False,
             on_epoch=crash,
@@ -99,7 +98,7 @@ def test_finetune_resume_matches_an_uninterrupted_run(base_run, tmp_path):
     finetune(
         arch_path,
         out_dir=tmp_path / "resumed",
-        schedule=SCHEDULE,
+        training_schedule=SCHEDULE,
         resume=True,
         progress=False,
         measure_latency_of_models=False,
@@ -122,7 +121,7 @@ def test_finetune_inherits_the_base_weights(base_run, tmp_path):
     result = finetune(
         root / "run" / "best_arch.json",
         out_dir=tmp_path / "zero",
-        schedule=Schedule(epochs=1, batch_size=32, lr=1e-9, momentum=0.0, weight_decay=0.0, augment=False),
+        training_schedule=Schedule(epochs=1, batch_size=32, lr=1e-9, momentum=0.0, weight_decay=0.0, augment=False),
         progress=False,
         measure_latency_of_models=False,
     )
@@ -137,16 +136,16 @@ def test_finetune_errors(base_run, tmp_path):
     lonely = tmp_path / "arch.json"
     arch.save(lonely)
     with pytest.raises(UserError, match="--weights"):
-        finetune(lonely, out_dir=tmp_path / "x", schedule=SCHEDULE, progress=False)
+        finetune(lonely, out_dir=tmp_path / "x", training_schedule=SCHEDULE, progress=False)
     with pytest.raises(UserError, match="no checkpoint.pt"):
-        finetune(root / "run" / "best_arch.json", out_dir=tmp_path / "y", resume=True, schedule=SCHEDULE)
+        finetune(root / "run" / "best_arch.json", out_dir=tmp_path / "y", resume=True, training_schedule=SCHEDULE)
     with pytest.raises(UserError, match="input size"):
         finetune(
             lonely,
             weights=root / "base" / "weights.pt",
             data="digits:8",
             out_dir=tmp_path / "z",
-            schedule=SCHEDULE,
+            training_schedule=SCHEDULE,
             progress=False,
         )
     assert np.isfinite(arch.macs_ratio)

@@ -102,7 +102,7 @@ def test_shared_resnet20_loads_strictly_and_reproduces_its_validation_accuracy()
 
     from acp.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, decode_images, list_image_folder
     from acp.fileio import load_weights_into
-    from acp.train import evaluate
+    from acp.train.loop import evaluate
 
     weights = shared_file("models", "resnet20_cifar10.pt")
     root = shared_file("data", "cifar10", "train")

@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from acp.arch import ModelIdentity
-from acp.criteria import make_criterion
+from acp.core.architecture import ModelIdentity
 from acp.data import ImageData, load_data, make_splits
 from acp.errors import UserError
 from acp.models import create_model
-from acp.proxy import (
+from acp.propose.criteria import make_criterion
+from acp.proxy.data import ProxyData
+from acp.proxy.evaluator import (
     FAILED_SCORE,
     ProxyEvaluator,
     ProxySettings,
@@ -27,7 +28,6 @@ from acp.proxy import (
     evaluate_widths,
     recalibrate_batchnorm,
 )
-from acp.proxy_data import ProxyData
 from acp.prune import materialize, space_for
 
 IDENTITY = ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {})
@@ -87,14 +87,14 @@ def half_widths(space) -> np.ndarray:
     ],
 )
 def test_bad_settings_name_the_field(changes, field):
-    with pytest.raises(UserError, match=rf"proxy settings: {field}\b"):
+    with pytest.raises(UserError, match=rf"^\[proxy\]\.{field}\b"):
         ProxySettings(**changes)
 
 
-def test_settings_from_dict_rejects_unknown_keys():
-    assert ProxySettings.from_dict({"calibration_batches": 3}).calibration_batches == 3
-    with pytest.raises(UserError, match="unknown key 'batches'"):
-        ProxySettings.from_dict({"batches": 3})
+def test_settings_from_a_table_reject_unknown_keys():
+    assert ProxySettings.from_table({"calibration_batches": 3}).calibration_batches == 3
+    with pytest.raises(UserError, match=r"^unknown key \[proxy\]\.batches \(did you mean"):
+        ProxySettings.from_table({"batches": 3})
 
 
 def test_proxy_data_slices_are_disjoint_stratified_and_from_the_training_split(digits):
@@ -409,6 +409,6 @@ def test_scores_are_bit_identical_in_worker_processes(setup):
 def test_release_freed_memory_trims_the_heap_on_glibc():
     import platform
 
-    from acp.memory import release_freed_memory
+    from acp.proxy.memory import release_freed_memory
 
     assert release_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from acp.arch import Architecture, ModelIdentity
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.errors import UserError
 from acp.fileio import atomic_torch_save, load_weights_into
 from acp.prune import (
@@ -20,9 +20,9 @@ from acp.prune import (
     load_pruned,
     materialize,
     materialize_with_torch_pruning,
-    random_architecture,
     save_pruned,
 )
+from acp.testing import random_architecture
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESNET20_WEIGHTS = SHARED / "models" / "resnet20_cifar10.pt"

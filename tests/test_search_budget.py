@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from acp.arch import ModelIdentity
+from acp.core.architecture import ModelIdentity
+from acp.core.budget import Budget
 from acp.errors import UserError
 from acp.prune import build_space
-from acp.search.budget import Budget
 from acp.search.encoding import KeepRatioEncoding
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import TINY_SEARCH_CONFIG
 
-from acp.arch import Architecture
+from acp.cli.search import register
+from acp.core.architecture import Architecture
 from acp.errors import UserError
 from acp.models import create_model
 from acp.search import store
-from acp.search.command import register
 
 CONFIG = TINY_SEARCH_CONFIG
 

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from acp.arch import ModelIdentity
+from acp.core.architecture import ModelIdentity
+from acp.core.budget import Budget
 from acp.errors import UserError
 from acp.prune import build_space
 from acp.search import store
 from acp.search.backends import make_backend
-from acp.search.budget import Budget
-from acp.search.settings import SearchSettings
+from acp.settings import SearchSettings
 from acp.search.study import Study
 from acp.search.synthetic import SyntheticEvaluator
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from acp.arch import Architecture
+from acp.core.architecture import Architecture
 from acp.search import store
 
 SCRIPT = """
 import sys
-from acp.arch import ModelIdentity
+from acp.core.architecture import ModelIdentity
 from acp.prune import build_space
-from acp.search.budget import Budget
-from acp.search.settings import SearchSettings
+from acp.core.budget import Budget
+from acp.settings import SearchSettings
 from acp.search.study import Study
 from acp.search.synthetic import SyntheticEvaluator
 

@@ -10,9 +10,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from acp.core.space import ChannelSpace, min_width_for
 from acp.errors import UserError
 from acp.models import create_model
-from acp.space import ChannelSpace, min_width_for
 
 CIFAR = torch.zeros(1, 3, 32, 32)
 

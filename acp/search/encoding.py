@@ -1,7 +1,7 @@
 """The search's coordinates: one keep ratio per channel group, in ``[min_width / full_width, 1]``.
 
 A particle's position is a vector of keep ratios; decoding multiplies by the full widths, and the budget
-repair (:mod:`acp.search.budget`) turns that into allowed integer widths. Ratios (not raw widths) make
+repair (:mod:`acp.core.budget`) turns that into allowed integer widths. Ratios (not raw widths) make
 every dimension the same scale, so one velocity clamp and one set of PSO coefficients fit all groups.
 """
 

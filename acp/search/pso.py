@@ -30,7 +30,7 @@ from acp.search._pyswarms import (
     compute_pbest,
     quiet_reporter,
 )
-from acp.search.settings import SearchSettings
+from acp.settings import SearchSettings
 
 STATE_FORMAT = "acp.pso/1"
 

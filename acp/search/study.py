@@ -1,7 +1,7 @@
 """The search loop: ask -> repair -> evaluate -> record -> tell -> checkpoint, resumable at any point.
 
 A :class:`Study` ties together objects that know nothing of each other's internals: the swarm proposes
-keep ratios (:mod:`acp.search.pso`), the budget repairs them (:mod:`acp.search.budget`), a backend runs
+keep ratios (:mod:`acp.search.pso`), the budget repairs them (:mod:`acp.core.budget`), a backend runs
 the evaluator on them (:mod:`acp.search.backends`), and the store records everything
 (:mod:`acp.search.store`). The run directory (contract, DESIGN.md) holds ``history.sqlite``,
 ``checkpoint.json`` (+ ``checkpoint.prev.json``), ``best_arch.json`` and, at the end, ``report.png``.
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from acp.core.budget import Budget
 from acp.errors import UserError
 from acp.search import store
 from acp.search.backends import make_backend
-from acp.search.budget import Budget
 from acp.search.encoding import KeepRatioEncoding
 from acp.search.pso import ParticleSwarm
-from acp.search.settings import SearchSettings
+from acp.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ class Study:
         architecture = None
         best_path = self.run_dir / BEST_ARCH_FILE
         if best_path.is_file():
-            from acp.arch import Architecture
+            from acp.core.architecture import Architecture
 
             architecture = Architecture.load(best_path)
         return SearchResult(
@@ -391,7 +391,7 @@ class Study:
 
     def _write_report(self, result: SearchResult) -> None:
         try:
-            from acp.report import search_report
+            from acp.search.report import search_report
 
             history = store.History(self.run_dir / store.HISTORY_FILE)
             try:

@@ -51,7 +51,7 @@ class SyntheticEvaluator:
 
     def architecture(self, widths, *, budget=None, provenance=None):
         """An Architecture keeping each group's first ``width`` channels (there is no real criterion)."""
-        from acp.arch import Architecture, ModelIdentity
+        from acp.core.architecture import Architecture, ModelIdentity
 
         identity = self.identity or ModelIdentity("<synthetic>", None, tuple(self.space.input_shape[1:]), {})
         widths = [int(w) for w in widths]

@@ -1,29 +1,27 @@
 """Retrain a searched architecture: materialize it from the base weights, finetune, hand it over.
 
-``finetune(arch, ...)`` inherits the kept channels' weights from the trained base model, trains with the
-loop in :mod:`acp.train` (optionally distilled from the unpruned model), and writes a directory that
-``acp.load_pruned(DIR)`` loads anywhere: ``arch.json`` + ``weights.pt`` (plain state_dict), plus
-``metrics.json`` (accuracy before/after, base accuracy, MACs/params and ratios, CPU latency vs the base
-model), ``checkpoint.pt`` (resume) and ``training_curve.png``.
-
-Where ``weights``/``data`` are not given, they come from the ``config.toml`` of the search run the
-architecture file lives in, so ``acp finetune runs/r20/best_arch.json --epochs 30 --out runs/r20/ft``
-needs nothing else.
+``finetune_model(arch, base, space, data, splits, ...)`` inherits the kept channels' weights from the
+trained base model, trains with the loop in :mod:`acp.train.loop` (optionally distilled from the unpruned
+model), and writes a directory that ``acp.load_pruned(DIR)`` loads anywhere: ``arch.json`` +
+``weights.pt`` (plain state_dict), plus ``metrics.json`` (accuracy before/after, base accuracy,
+MACs/params and ratios, CPU latency vs the base model), ``checkpoint.pt`` (resume) and
+``training_curve.png``. It reads no configuration: finding the weights, data and split of a search run is
+the job of :mod:`acp.workflows.finetune`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from acp.arch import Architecture
+from acp.core.architecture import Architecture
 from acp.errors import UserError
 from acp.fileio import atomic_write_json, require_fresh_output
-from acp.train import CHECKPOINT_NAME, METRICS_NAME, Schedule, evaluate, train
+from acp.settings import Schedule
+from acp.train.loop import CHECKPOINT_NAME, METRICS_NAME, evaluate, train
 
 log = logging.getLogger(__name__)
 
@@ -39,64 +37,38 @@ class FinetuneResult:
     metrics: dict
 
 
-def run_config_beside(arch_path: Path) -> dict | None:
-    """The resolved config of the search run that wrote ``arch_path`` (its directory's config.toml)."""
-    from acp.config import load_config
-
-    candidate = arch_path.parent / "config.toml"
-    return load_config(candidate) if candidate.is_file() else None
-
-
-def finetune(
-    arch: str | os.PathLike | Architecture,
+def finetune_model(
+    arch: Architecture,
+    base: nn.Module,
+    space,
+    data,
+    splits,
     *,
-    out_dir: str | os.PathLike,
-    weights: str | os.PathLike | None = None,
-    data: str | None = None,
-    split: str | None = None,
-    schedule: Schedule | None = None,
+    out_dir: str | Path,
+    schedule: Schedule,
     distill: bool = False,
     resume: bool = False,
+    threads: int | None = None,
     progress: bool = True,
     measure_latency_of_models: bool = True,
     on_epoch=None,
+    provenance: dict | None = None,
 ) -> FinetuneResult:
-    """Materialize ``arch`` from ``weights`` (the unpruned model's state_dict) and finetune it on ``data``."""
-    from acp.data import load_data, make_splits
-    from acp.fileio import load_weights_into
-    from acp.prune import build_space, materialize, save_pruned
+    """Materialize ``arch`` from ``base`` (the trained unpruned model) and finetune it on ``data``.
 
-    arch_path = None if isinstance(arch, Architecture) else Path(arch)
-    run_config = run_config_beside(arch_path) if arch_path is not None else None
-    if weights is None and run_config is not None:
-        weights = run_config["model"]["weights"]
-    if data is None and run_config is not None:
-        data = run_config["data"]["spec"]
-    if split is None:
-        split = run_config["data"]["split"] if run_config is not None else "auto"
-    if weights is None:
-        raise UserError("finetune: --weights (the unpruned model's state_dict) is required here")
-    if data is None:
-        raise UserError("finetune: --data is required here (no config.toml beside the architecture)")
-    schedule = schedule or Schedule(lr=0.02)
+    ``splits`` is the run's split: the pruned model trains on ``splits.train`` and is validated on
+    ``splits.val``, the same images the base model was validated on. ``provenance`` (e.g. the weights
+    file and data spec) is recorded in ``metrics.json``.
+    """
+    from acp.prune import materialize, save_pruned
+    from acp.threads import torch_threads
 
-    if arch_path is not None:
-        peek = Architecture.load(arch_path)
-        base, space = build_space(peek.model, peek.space)
-        arch = Architecture.load(arch_path, space)
-    else:
-        base, space = build_space(arch.model, arch.space)
-        arch.validate_against(space)
-    load_weights_into(base, weights)
-    image_data = load_data(data)
-    if image_data.image_shape != tuple(arch.model.input_size):
+    if data.image_shape != tuple(arch.model.input_size):
         raise UserError(
-            f"images of data {data} are {'x'.join(map(str, image_data.image_shape))}, but the architecture's "
+            f"images of data {data.spec} are {'x'.join(map(str, data.image_shape))}, but the architecture's "
             f"input size is {'x'.join(map(str, arch.model.input_size))}"
         )
-    splits = make_splits(image_data, split, seed=schedule.seed)
     pruned = materialize(base, arch, space)
-
     out_dir = Path(out_dir)
     if resume and not (out_dir / CHECKPOINT_NAME).is_file():
         raise UserError(f"--resume: {out_dir} has no {CHECKPOINT_NAME} to resume from")
@@ -106,13 +78,12 @@ def finetune(
     if not resume:
         save_pruned(pruned, arch, out_dir)  # arch.json now; weights.pt is rewritten after every epoch
 
-    before = _before_metrics(
-        out_dir, resume, base, pruned, arch, image_data, splits, measure_latency_of_models
-    )
-    before.update({"weights": str(weights), "data": str(data), "distill": bool(distill)})
+    with torch_threads(threads):
+        before = _before_metrics(out_dir, resume, base, pruned, arch, data, splits, measure_latency_of_models)
+    before.update({**(provenance or {}), "distill": bool(distill)})
     history = train(
         pruned,
-        image_data,
+        data,
         splits.train,
         splits.val,
         schedule,
@@ -122,6 +93,7 @@ def finetune(
         progress=progress,
         extra_metrics=before,
         on_epoch=on_epoch,
+        threads=threads,
     )
     metrics = dict(before)
     metrics["val_accuracy_after"] = history[-1].val_accuracy
@@ -134,7 +106,7 @@ def finetune(
 
 def _before_metrics(out_dir, resume, base, pruned, arch, image_data, splits, with_latency) -> dict:
     """Accuracy of base and freshly pruned model, cost and latency — computed once, kept across resumes."""
-    from acp.latency import measure_latency
+    from acp.latency.measure import measure_latency
 
     path = out_dir / BEFORE_NAME
     if resume and path.is_file():

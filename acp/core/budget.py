@@ -10,8 +10,8 @@ Every candidate the search evaluates has gone through :meth:`Budget.repair`:
    group furthest below its scaled ratio first, while the candidate still fits.
 
 The result fits the budget exactly (integer MACs/params from the exact cost model) and usually lies within
-``tolerance`` (1%) below the binding target; when rounding makes that impossible the gap is reported by
-:meth:`Budget.gap`, never hidden.
+1% below the binding target; when rounding makes that impossible the gap is reported by :meth:`Budget.gap`
+and the search warns past ``[search].tolerance``, never hidden.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import numpy as np
 from acp.errors import UserError
 
 BISECTION_STEPS = 48
-DEFAULT_TOLERANCE = 0.01
 
 
 def _ratio(name: str, value: object) -> float | None:
@@ -45,15 +44,12 @@ class Budget:
     exceed it (the message names the minimum achievable ratio).
     """
 
-    def __init__(
-        self, space, *, flops: float | None = None, params: float | None = None, tolerance=DEFAULT_TOLERANCE
-    ):
+    def __init__(self, space, *, flops: float | None = None, params: float | None = None):
         self.space = space
         self.flops = _ratio("flops", flops)
         self.params = _ratio("params", params)
         if self.flops is None and self.params is None:
             raise UserError("budget: give --flops R and/or --params R (ratios of the base model)")
-        self.tolerance = float(tolerance)
         self.max_macs = None if self.flops is None else self.flops * space.base_macs
         self.max_params = None if self.params is None else self.params * space.base_params
         self.full = np.asarray(space.full_widths(), dtype=np.int64)

@@ -12,7 +12,6 @@ An optional teacher turns the loss into knowledge distillation: ``(1 - alpha) * 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,66 +26,15 @@ from tqdm.auto import tqdm
 from acp.data import ImageData, iterate_batches
 from acp.errors import UserError
 from acp.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
+from acp.prune import WEIGHTS_FILE
+from acp.settings import Schedule
+from acp.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-WEIGHTS_NAME = "weights.pt"
+WEIGHTS_NAME = WEIGHTS_FILE  # the pruned-model file name (acp.prune)
 METRICS_NAME = "metrics.json"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How to train. Validated once, in ``__post_init__``."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "onecycle" | "constant"
-    warmup_fraction: float = 0.15  # one-cycle only
-    label_smoothing: float = 0.0
-    augment: bool = True
-    seed: int = 0
-    channels_last: bool = True
-    distill_temperature: float = 4.0
-    distill_alpha: float = 0.9
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0 and math.isfinite(self.lr),
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "schedule": self.schedule in ("cosine", "onecycle", "constant"),
-            "warmup_fraction": 0 <= self.warmup_fraction < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "distill_temperature": self.distill_temperature > 0,
-            "distill_alpha": 0 <= self.distill_alpha <= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                allowed = (
-                    "'cosine', 'onecycle' or 'constant'" if name == "schedule" else "see `acp train --help`"
-                )
-                raise UserError(f"training setting {name}={getattr(self, name)!r} is not allowed ({allowed})")
-
-    def lr_at(self, step: int, total_steps: int) -> float:
-        progress = step / max(1, total_steps)
-        if self.schedule == "constant":
-            return self.lr
-        if self.schedule == "cosine":
-            return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
-        # one-cycle: linear warm-up from lr/25 to lr, then cosine down to lr/1e4
-        if progress < self.warmup_fraction:
-            start = self.lr / 25
-            return start + (self.lr - start) * progress / self.warmup_fraction
-        rest = (progress - self.warmup_fraction) / (1 - self.warmup_fraction)
-        low = self.lr / 1e4
-        return low + 0.5 * (self.lr - low) * (1 + math.cos(math.pi * rest))
 
 
 @dataclass
@@ -188,8 +136,41 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     extra_metrics: dict | None = None,
+    threads: int | None = None,
 ) -> list[EpochRecord]:
-    """Train ``model`` in place; write checkpoint/weights/metrics under ``out_dir``; return the history."""
+    """Train ``model`` in place; write checkpoint/weights/metrics under ``out_dir``; return the history.
+
+    ``threads``: torch threads while training (None: torch's current setting; see :mod:`acp.threads`).
+    """
+    with torch_threads(threads):
+        return _train(
+            model,
+            data,
+            train_indices,
+            val_indices,
+            schedule,
+            out_dir,
+            resume,
+            teacher,
+            progress,
+            on_epoch,
+            extra_metrics,
+        )
+
+
+def _train(
+    model,
+    data,
+    train_indices,
+    val_indices,
+    schedule,
+    out_dir,
+    resume,
+    teacher,
+    progress,
+    on_epoch,
+    extra_metrics,
+) -> list[EpochRecord]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     channels_last = schedule.channels_last and channels_last_is_safe(model)

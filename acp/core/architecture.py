@@ -29,13 +29,14 @@ from typing import Any, NoReturn
 
 from acp.errors import UserError, one_line
 from acp.fileio import atomic_write_json
+from acp.settings import SpaceSettings
 
 SCHEMA = "acp.architecture/1"
 MAX_FILE_BYTES = 64 * 2**20  # far above any real architecture; stops a wrong path from filling memory
 MAX_NESTING = 32
 SOURCES = ("search", "cluster", "uniform", "manual")
 BUDGET_KEYS = ("flops", "params")
-SPACE_DEFAULTS = {"round_to": 1, "min_keep": 0.1, "ignored_layers": []}  # = ChannelSpace.build's defaults
+SPACE_DEFAULTS = SpaceSettings().to_dict()
 PROVENANCE_KEYS = ("source", "seed", "criterion", "evaluations", "proxy_score", "acp_version", "created")
 _TOP_KEYS = ("schema", "model", "base_macs", "base_params", "macs", "params", "budget", "space", "groups")
 

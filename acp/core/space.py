@@ -4,11 +4,11 @@ A *group* is a set of channels that must be pruned together (a residual stage's 
 that adds into them, a depthwise conv with the conv that feeds it, a concat's inputs with the layers that
 read the concat); it is named after its root, the first Conv2d/Linear (in module definition order) whose
 output channels are the group. Dependencies come from Torch-Pruning's DependencyGraph, read once by
-:mod:`acp._graph`; the graph itself is not kept, so a space is plain data (numpy arrays, names) that
+:mod:`acp.core.graph`; the graph itself is not kept, so a space is plain data (numpy arrays, names) that
 pickles cheaply to worker processes.
 
 ``space.cost(widths)`` gives (MACs, params) exactly as ``tp.utils.count_ops_and_params`` would count them
-on the materialized model, without building one (see :mod:`acp.costs`).
+on the materialized model, without building one (see :mod:`acp.core.costs`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from acp import _graph, costs
+from acp.core import costs
+from acp.core import graph as _graph
 from acp.errors import UserError
+from acp.settings import SpaceSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROUND_TO = 1
-DEFAULT_MIN_KEEP = 0.1
+DEFAULT_SPACE = SpaceSettings()
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ class ChannelSpace:
         example_input: torch.Tensor,
         *,
         ignored_layers: Sequence[str] = (),
-        round_to: int = DEFAULT_ROUND_TO,
-        min_keep: float = DEFAULT_MIN_KEEP,
+        round_to: int = DEFAULT_SPACE.round_to,
+        min_keep: float = DEFAULT_SPACE.min_keep,
     ) -> ChannelSpace:
         """Analyse ``model`` (left untouched: the work happens on a copy) with one traced forward pass.
 

@@ -170,9 +170,7 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, tp.
     return work, graph, recorder.records
 
 
-def analyze(
-    model: nn.Module, example_input: torch.Tensor, ignored_patterns: Sequence[str] = ()
-) -> Analysis:
+def analyze(model: nn.Module, example_input: torch.Tensor, ignored_patterns: Sequence[str] = ()) -> Analysis:
     work, graph, records = trace(model, example_input)
     module_names = {module: name for name, module in work.named_modules()}
     order = {name: position for position, name in enumerate(module_names.values())}

@@ -1,4 +1,8 @@
-"""A stand-in for ChannelSpace with exactly the members acp.arch may use: a chain of 3x3 convs + a linear."""
+"""Helpers for tests and benchmarks: random architectures of a real space, and a fake ChannelSpace.
+
+``FakeSpace`` is a stand-in for ChannelSpace with exactly the members acp.core.architecture may use: a
+chain of 3x3 convs + a linear.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from acp.core.architecture import Architecture, ModelIdentity
 
 
 @dataclass(frozen=True)
@@ -47,3 +53,22 @@ class FakeSpace:
             in_channels = width
         classes = self.num_classes
         return macs + in_channels * classes, params + in_channels * classes + classes
+
+
+def random_architecture(
+    space, identity: ModelIdentity, rng: np.random.Generator, *, settings: Mapping | None = None
+) -> Architecture:
+    """An architecture with random allowed widths and random kept channels (tests and benchmarks)."""
+    widths, keep = {}, {}
+    for group in space.groups:
+        width = int(rng.choice(group.allowed_widths()))
+        widths[group.id] = width
+        keep[group.id] = np.sort(rng.choice(group.full_width, size=width, replace=False)).tolist()
+    return Architecture.from_widths(
+        space,
+        identity,
+        widths,
+        keep,
+        space_settings=dict(settings if settings is not None else space.settings),
+        provenance={"source": "manual", "created": None},
+    )

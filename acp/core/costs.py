@@ -4,7 +4,7 @@
 the call's tensor shapes (convs: kernel x in x out/groups per output position, plus bias; linear: input
 elements x out, plus bias; BN: input elements, x2 when affine; activations: output elements; pools: input
 elements; ...). Every width involved is a linear function of the group widths (see
-:class:`acp._graph.ChannelExpr`), so each count is a constant times at most two such widths. Summing the
+:class:`acp.core.graph.ChannelExpr`), so each count is a constant times at most two such widths. Summing the
 terms gives ``const + linear @ w + w @ quadratic @ w`` with integer coefficients: the cost of a whole swarm
 is two integer matrix products, and equals the counter's result on the materialized model exactly.
 
@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.utils import op_counter
 
-from acp._graph import Analysis, ChannelExpr, counted_modules
+from acp.core.graph import Analysis, ChannelExpr, counted_modules
 from acp.errors import UserError
 
 _CONV_TYPES = (nn.modules.conv._ConvNd,)

@@ -54,18 +54,17 @@ def run_demo(
     """Train, search, finetune and report on the digits demo; returns the headline figures."""
     import torch
 
-    from acp.config import dump_toml, validate
     from acp.data import load_data, make_splits
-    from acp.finetune import finetune
+    from acp.fileio import require_fresh_output
     from acp.models import create_model
-    from acp.search import search
-    from acp.train import Schedule, train
+    from acp.settings import TRAINING_THREADS, RunSettings, Schedule
+    from acp.train.loop import train
+    from acp.workflows.finetune import finetune
+    from acp.workflows.search import search
 
     started = time.perf_counter()
     sizes = QUICK if quick else FULL
     out_dir = Path(out_dir)
-    from acp.fileio import require_fresh_output
-
     require_fresh_output(out_dir, "pick a new directory (acp demo --out DIR)")
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -75,7 +74,16 @@ def run_demo(
     torch.manual_seed(0)
     base = create_model(DEMO_MODEL, num_classes=data.num_classes)
     base_schedule = Schedule(epochs=sizes.base_epochs, batch_size=32, lr=0.1, augment=False, seed=0)
-    train(base, data, splits.train, splits.val, base_schedule, out_dir / "base", progress=progress)
+    train(
+        base,
+        data,
+        splits.train,
+        splits.val,
+        base_schedule,
+        out_dir / "base",
+        progress=progress,
+        threads=TRAINING_THREADS,
+    )
 
     document = {
         "model": {
@@ -94,8 +102,8 @@ def run_demo(
             "validation_images": sizes.validation_images,
         },
     }
-    config = validate(document, source="acp demo")
-    (out_dir / "demo_config.toml").write_text(dump_toml(config))
+    config = RunSettings.from_document(document, source="acp demo")
+    (out_dir / "demo_config.toml").write_text(config.to_toml())
 
     log.info(
         "2/4 clustering + PSO search at %.0f%% of the MACs (%d particles x %d iterations)",
@@ -110,7 +118,7 @@ def run_demo(
     tuned = finetune(
         out_dir / "search" / "best_arch.json",
         out_dir=out_dir / "pruned",
-        schedule=tune_schedule,
+        training_schedule=tune_schedule,
         progress=progress,
     )
 

@@ -1,4 +1,4 @@
-"""The ``acp search`` subcommand: flags -> :func:`acp.search.run.search` -> a printed summary.
+"""``acp search``: flags -> :func:`acp.workflows.search.search` -> a printed summary.
 
 Wire it into the main parser with ``register(subparsers)``; the handler returns the exit code.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from acp.argtypes import non_negative_int as _non_negative_int
-from acp.argtypes import positive_int as _positive_int
-from acp.argtypes import ratio as _ratio
+from acp.cli.argtypes import non_negative_int as _non_negative_int
+from acp.cli.argtypes import positive_int as _positive_int
+from acp.cli.argtypes import ratio as _ratio
 from acp.errors import UserError
 
 
@@ -40,13 +40,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=["loky", "dask", "ray"], help="parallel backend")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=run_command)
+    parser.set_defaults(handler=run)
     return parser
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from acp.search.run import search
-    from acp.search.settings import parse_duration
+def run(args: argparse.Namespace) -> int:
+    from acp.settings import parse_duration
+    from acp.workflows.search import search
 
     if args.out is None and args.resume is None:
         raise UserError("acp search: give --out DIR for a new run or --resume DIR")

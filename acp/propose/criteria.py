@@ -9,7 +9,7 @@ Criteria (``CRITERIA``):
 
 - ``cluster``: cut the group's average-linkage cosine dendrogram into ``width`` clusters and keep
   one representative per cluster, the member with the largest descriptor L2 norm (see
-  ``acp.cluster.Dendrogram``). Keeps the most diverse channels; duplicates go first.
+  ``acp.propose.clustering.Dendrogram``). Keeps the most diverse channels; duplicates go first.
 - ``l1`` / ``l2`` (``l2`` is the default): weight norm of each output filter of the group's producer layers,
   summed over producers. Why ``l2`` and not ``cluster`` by default: on the shared ResNet-20 at 50% MACs,
   ``cluster`` picks channels no better than random (bench_criteria: 45.9% vs random 43.5-48.9%, l2 61.3%
@@ -42,13 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from acp.cluster import group_dendrogram
 from acp.errors import UserError
-from acp.features import FeatureStatistics, GroupStatistics
+from acp.propose.clustering import group_dendrogram
+from acp.propose.features import FeatureStatistics, GroupStatistics
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CRITERION = "l2"  # see the module docstring: l2 beats cluster in bench_criteria and bench_quality
 
 
 class Criterion:
@@ -298,6 +296,8 @@ class RandomCriterion(Criterion):
         return generator.permutation(group.full_width)
 
 
+# The names are declared once in acp.settings (so a bad name is refused before any work); this registry
+# must provide exactly those (checked by tests/propose/test_criteria.py).
 CRITERIA: dict[str, type[Criterion]] = {
     criterion.name: criterion
     for criterion in (
@@ -311,6 +311,28 @@ CRITERIA: dict[str, type[Criterion]] = {
         RandomCriterion,
     )
 }
+
+
+class RankedCriterion:
+    """Channel rankings frozen into plain data (a run's ``proposal.json``), usable as a criterion."""
+
+    def __init__(self, name: str, rankings: Mapping[str, Sequence[int]]):
+        self.name = name
+        self._rankings = {group_id: np.asarray(order, dtype=np.int64) for group_id, order in rankings.items()}
+
+    def ranking(self, group_id: str) -> np.ndarray:
+        return self._rankings[group_id]
+
+    def select(self, group_id: str, width: int) -> np.ndarray:
+        return np.sort(self._rankings[group_id][:width])
+
+    @classmethod
+    def freeze(cls, criterion: Criterion) -> RankedCriterion:
+        """Every group's ranking of ``criterion``, computed now."""
+        return cls(
+            criterion.name,
+            {group.id: criterion.ranking(group.id).tolist() for group in criterion.space.groups},
+        )
 
 
 def make_criterion(

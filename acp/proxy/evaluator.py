@@ -2,7 +2,7 @@
 
 One evaluation (``ProxyEvaluator.evaluate(widths)``):
 
-1. the criterion picks each group's kept channels -> :class:`~acp.arch.Architecture`;
+1. the criterion picks each group's kept channels -> :class:`~acp.core.architecture.Architecture`;
 2. :func:`acp.prune.materialize` slices a copy of the base model, inheriting the kept weights;
 3. optional ``finetune_steps`` SGD steps on the calibration images (off by default);
 4. BatchNorm recalibration (EagleEye's adaptive BN): every BatchNorm's running statistics are reset and
@@ -35,110 +35,33 @@ See :func:`evaluate_widths` for a task function.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import math
-import numbers
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acp.arch import Architecture, ModelIdentity
+from acp.core.architecture import Architecture, ModelIdentity
 from acp.errors import UserError, one_line
-from acp.memory import release_freed_memory
-from acp.proxy_data import ProxyData
+from acp.proxy.data import ProxyData
+from acp.proxy.memory import release_freed_memory
 from acp.prune import materialize
+from acp.settings import ProxySettings
+from acp.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
 SCORES = ("accuracy", "loss")
 FAILED_SCORE = float("-inf")
 WORKER_REGISTRY_SIZE = 4  # evaluators kept alive per worker process (one per concurrent search is plenty)
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """How a candidate is scored. Validated once, in ``__post_init__`` (UserError naming the field).
-
-    Defaults: 20 calibration batches of 64 images (1,280 images; EagleEye used 100 x 128 on ImageNet,
-    CIFAR-sized nets settle with far fewer), evaluation batches of 500, no finetuning, NCHW layout.
-    Speed and rank fidelity of these defaults are in benchmarks/RESULTS.md (``bench_proxy.py``,
-    ``bench_proxy_fidelity.py``). ``channels_last`` is off: it made ResNet-20 forwards ~18% cheaper here,
-    but oneDNN's channels-last convolution *backward* (finetune steps) crashed on some pruned shapes with
-    torch 2.14. Use ``threads=1`` with one worker process per core rather than several threads.
-    """
-
-    calibration_batches: int = 20
-    calibration_batch_size: int = 64
-    eval_batch_size: int = 500
-    recalibrate_bn: bool = True
-    score: str = "accuracy"  # "accuracy" | "loss" (see the module docstring for the formulas)
-    finetune_steps: int = 0
-    finetune_lr: float = 0.01
-    finetune_momentum: float = 0.9
-    finetune_weight_decay: float = 5e-4
-    finetune_seed: int = 0
-    channels_last: bool = False
-    threads: int | None = None  # torch threads during an evaluation (None: leave torch's setting alone)
-    cache_size: int = 100_000  # results kept per evaluator (least recently used dropped first)
-
-    def __post_init__(self) -> None:
-        def integer(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise UserError(f"proxy settings: {name} must be an integer >= {low}, got {value!r}")
-
-        def flag(name: str) -> None:
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"proxy settings: {name} must be true or false, got {getattr(self, name)!r}")
-
-        def real(name: str, low: float, high: float) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or not low <= value < high:
-                raise UserError(f"proxy settings: {name} must be a number in [{low}, {high}), got {value!r}")
-
-        integer("calibration_batches", 0)
-        integer("calibration_batch_size", 1)
-        integer("eval_batch_size", 1)
-        integer("finetune_steps", 0)
-        integer("finetune_seed", 0)
-        integer("cache_size", 0)
-        if self.threads is not None:
-            integer("threads", 1)
-        flag("recalibrate_bn")
-        flag("channels_last")
-        if self.score not in SCORES:
-            raise UserError(f"proxy settings: score must be one of {', '.join(SCORES)}, got {self.score!r}")
-        real("finetune_momentum", 0.0, 1.0)
-        real("finetune_weight_decay", 0.0, math.inf)
-        real("finetune_lr", 0.0, math.inf)
-        if self.finetune_steps and self.finetune_lr <= 0:
-            raise UserError("proxy settings: finetune_lr must be > 0 when finetune_steps > 0")
-        if self.recalibrate_bn and self.calibration_batches == 0:
-            raise UserError("proxy settings: calibration_batches must be >= 1 when recalibrate_bn is true")
-        if self.finetune_steps and self.calibration_batches == 0:
-            raise UserError("proxy settings: finetune_steps need calibration_batches >= 1 (their images)")
-
-    @property
-    def calibration_images(self) -> int:
-        return self.calibration_batches * self.calibration_batch_size
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> ProxySettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"proxy settings: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**dict(values))
 
 
 @dataclass(frozen=True)
@@ -228,20 +151,6 @@ def combined_score(correct: int, loss: float, count: int, kind: str) -> float:
     if kind == "loss":
         return -loss
     return (correct + 1.0 / (1.0 + loss)) / count
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Run with ``threads`` torch threads (None: unchanged), restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if threads is None or threads == previous:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --- the evaluator -----------------------------------------------------------------------------------
@@ -555,17 +464,41 @@ def evaluate_widths(evaluator: ProxyEvaluator, widths_batch: Sequence) -> list[R
     return [evaluator.evaluate(widths) for widths in widths_batch]
 
 
-def default_proxy_data(
-    data, train_indices: np.ndarray, settings: ProxySettings, *, validation_images: int = 2000, seed: int = 0
-) -> ProxyData:
-    """ProxyData sized for ``settings`` (``calibration_batches * calibration_batch_size`` images)."""
+def default_proxy_data(data, train_indices: np.ndarray, settings: ProxySettings, *, seed: int) -> ProxyData:
+    """ProxyData sized for ``settings``: ``calibration_batches * calibration_batch_size`` calibration and
+    ``validation_images`` proxy-validation images from the training split."""
     return ProxyData.from_image_data(
         data,
         train_indices,
         calibration_images=max(1, settings.calibration_images),
-        validation_images=validation_images,
+        validation_images=settings.validation_images,
         seed=seed,
     )
+
+
+def fit_to_training_split(settings: ProxySettings, train_size: int) -> ProxySettings:
+    """``settings`` shrunk to fit a small training split: at most half of it for proxy validation, the
+    rest for calibration batches (logged when anything shrinks)."""
+    validation = min(settings.validation_images, train_size // 2)
+    room = train_size - validation
+    if settings.calibration_images <= room and validation == settings.validation_images:
+        return settings
+    if settings.calibration_images <= room:
+        return settings.replace(validation_images=validation)
+    batch_size = min(settings.calibration_batch_size, room)
+    fitted = settings.replace(
+        validation_images=validation,
+        calibration_batch_size=batch_size,
+        calibration_batches=max(1, room // batch_size),
+    )
+    log.info(
+        "small training split (%d images): proxy uses %d calibration batches of %d and %d validation images",
+        train_size,
+        fitted.calibration_batches,
+        batch_size,
+        validation,
+    )
+    return fitted
 
 
 __all__ = [
@@ -578,6 +511,7 @@ __all__ = [
     "combined_score",
     "default_proxy_data",
     "evaluate_widths",
+    "fit_to_training_split",
     "recalibrate_batchnorm",
     "score_model",
 ]

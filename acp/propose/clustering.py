@@ -1,6 +1,6 @@
 """Per-group clustering of channel descriptors -> proposed widths (the PSO seed).
 
-Two modes, both on the cosine distance between channel descriptors (see ``acp.features``):
+Two modes, both on the cosine distance between channel descriptors (see ``acp.propose.features``):
 
 - ``"budget"`` (default): one agglomerative dendrogram per group (average linkage), computed once. A single
   global distance threshold ``t`` cuts every dendrogram; a group's proposed width is its number of clusters
@@ -26,7 +26,7 @@ from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 from acp.errors import UserError
-from acp.features import FeatureStatistics, GroupStatistics
+from acp.propose.features import FeatureStatistics, GroupStatistics
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +283,11 @@ def proposal_to_architecture(
     space_settings: Mapping[str, Any],
     seed: int | None = None,
 ):
-    """The proposal as an ``acp.arch.Architecture`` whose kept channels come from ``criterion``.
+    """The proposal as an ``acp.core.architecture.Architecture`` whose kept channels come from ``criterion``.
 
-    ``criterion`` is an ``acp.criteria.Criterion`` built for the same space (usually ``cluster``).
+    ``criterion`` is an ``acp.propose.criteria.Criterion`` built for the same space (usually ``cluster``).
     """
-    from acp.arch import Architecture
+    from acp.core.architecture import Architecture
 
     if proposal.group_ids != tuple(group.id for group in space.groups):
         raise UserError("proposal was made for a different channel space (group ids differ)")

@@ -1,0 +1,52 @@
+"""``acp run``: search, then finetune the winner (acp.workflows.pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+
+from acp.cli.argtypes import positive_int, ratio
+
+
+def register(commands) -> None:
+    run_parser = commands.add_parser("run", help="search, then finetune the winner (each stage resumable)")
+    run_parser.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
+    run_parser.add_argument(
+        "--out", help="new run directory (search in DIR, finetuned model in DIR/finetune)"
+    )
+    run_parser.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR, whichever stage it stopped in"
+    )
+    run_parser.add_argument("--flops", type=ratio, help="keep at most this ratio of the base MACs")
+    run_parser.add_argument("--params", type=ratio, help="keep at most this ratio of the base params")
+    run_parser.add_argument(
+        "--epochs", type=positive_int, help="finetuning epochs (default: [finetune].epochs)"
+    )
+    run_parser.add_argument(
+        "--distill", action="store_true", help="distill from the unpruned model while finetuning"
+    )
+    run_parser.add_argument(
+        "--workers", type=positive_int, help="parallel evaluation processes for the search"
+    )
+    run_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    run_parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from acp.cli.common import print_finetune_summary
+    from acp.workflows.pipeline import run_pipeline
+
+    result = run_pipeline(
+        args.config,
+        out=args.out,
+        resume=args.resume,
+        flops=args.flops,
+        params=args.params,
+        epochs=args.epochs,
+        distill=True if args.distill else None,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    for line in result.search.summary_lines():
+        print(line)
+    print_finetune_summary(result.finetune.metrics, result.finetune.out_dir)
+    return 0

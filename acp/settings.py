@@ -1,0 +1,642 @@
+"""THE schema: every setting of acp, its default and what it may be, in one place.
+
+Each config section is a frozen dataclass; each field is declared once with :func:`setting` (default,
+type, rule). The same rules check a dataclass made in Python (``SearchSettings(particles=1)``) and a TOML
+file (``resnet20.toml: [search].particles = 1 is not allowed (expected an integer >= 2)``), so a bad
+setting is reported when the settings object is made -- before any model is built or image decoded.
+
+``RunSettings`` is a whole run configuration (the sections of a ``search_spaces/*.toml`` file);
+:func:`load_settings` reads one, :meth:`RunSettings.to_toml` writes it back. Relative paths inside a file
+are relative to the file's own directory. Sections that are not TOML sections (``Schedule`` for
+``acp train``, ``ProposeSettings`` for ``acp cluster``) are declared the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import json
+import math
+import numbers
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acp.errors import UserError
+
+# --- the vocabulary of checks ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts: Python types (after TOML parsing), a check of the value, and its wording."""
+
+    kinds: tuple[type, ...]
+    check: Callable[[Any], bool] | None = None
+    allowed: str = ""
+    is_path: bool = False  # relative to the config file's directory
+    execution: bool = False  # where/how long it runs, never what it computes (may change on resume)
+
+
+def setting(default: Any, kinds, check=None, allowed: str = "", *, path=False, execution=False):
+    """A dataclass field declared with its rule (``kinds`` is a type or a tuple of types)."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    rule = Rule(kinds, check, allowed, path, execution)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def at_least(low: int):
+    return (lambda value: value >= low), ("a positive integer" if low == 1 else f"an integer >= {low}")
+
+
+def within(low: float, high: float, *, open_low=False, open_high=False):
+    def check(value) -> bool:
+        above = value > low if open_low else value >= low
+        below = value < high if open_high else value <= high
+        return math.isfinite(value) and above and below
+
+    text = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    return check, f"a number in {text}"
+
+
+def one_of(*choices: str):
+    wording = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}" if len(choices) > 1 else ""
+    return (lambda value: value in choices), wording or repr(choices[0])
+
+
+def optional(rule: tuple[Callable, str]):
+    check, allowed = rule
+    return (lambda value: value is None or check(value)), allowed
+
+
+NONE = type(None)
+POSITIVE = at_least(1)
+NON_NEGATIVE = at_least(0)
+RATIO = within(0.0, 1.0, open_low=True)
+NON_EMPTY = (lambda value: value is None or bool(value.strip())), "a non-empty string"
+
+SPLIT_PATTERN = re.compile(r"^(auto|shared|cifar10-shared|tail:[1-9]\d*|random:(0?\.\d*[1-9]\d*))$")
+SPLIT_WORDING = "'auto', 'shared', 'tail:K' (K >= 1) or 'random:F' (0 < F < 1)"
+CRITERIA = ("cluster", "l1", "l2", "bn_scale", "hrank", "redundancy", "task", "random")
+SCHEDULES = ("cosine", "onecycle", "constant")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?"
+    r"\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$"
+)
+
+
+def parse_duration(text: str | float | int | None, what: str = "--time-limit") -> float | None:
+    """'8h', '90m', '1h30m', '45s', '3600' -> seconds; None -> None. UserError for anything else."""
+    if text is None:
+        return None
+    if isinstance(text, numbers.Real) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text)) if isinstance(text, str) and text.strip() else None
+        if match is None or not any(match.groups()):
+            raise UserError(
+                f"{what}: expected a duration like 8h, 90m, 1h30m or 3600 (seconds), got {text!r}"
+            )
+        days, hours, minutes, secs = (float(part) if part else 0.0 for part in match.groups())
+        seconds = days * 86400 + hours * 3600 + minutes * 60 + secs
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"{what}: expected a positive duration, got {text!r}")
+    return seconds
+
+
+def _is_duration(value) -> bool:
+    try:
+        parse_duration(value, "time_limit")
+    except UserError:
+        return False
+    return True
+
+
+def _input_size(value) -> bool:
+    return value is None or (len(value) == 3 and all(type(v) is int and v > 0 for v in value))
+
+
+def _names(value) -> bool:
+    return all(isinstance(item, str) for item in value)
+
+
+# --- checking a section ----------------------------------------------------------------------------
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+
+
+def _type_name(kinds: tuple[type, ...]) -> str:
+    names = [_TYPE_NAMES.get(k, "true/false" if k is bool else k.__name__) for k in kinds if k is not NONE]
+    return " or ".join(names)
+
+
+def _coerce(value: Any, kinds: tuple[type, ...]) -> Any:
+    """The value as one of ``kinds`` (an integer where a number is expected becomes a float); TypeError."""
+    if isinstance(value, bool) and bool not in kinds:
+        raise TypeError
+    if float in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # TOML integers are unbounded; a float field cannot hold 10**400
+            raise TypeError from None
+    if int in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool | int):
+        return int(value)  # numpy integers
+    if float in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool | float):
+        return float(value)  # numpy floats
+    if list in kinds and isinstance(value, tuple):
+        return list(value)
+    if not isinstance(value, kinds):
+        raise TypeError
+    return value
+
+
+class Section:
+    """Base of every settings dataclass: checks each field by its rule in ``__post_init__``."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            rule: Rule = spec.metadata["rule"]
+            value = getattr(self, spec.name)
+            where = f"[{self.SECTION}].{spec.name}"
+            try:
+                coerced = _coerce(value, rule.kinds)
+            except TypeError:
+                raise UserError(f"{where} must be {_type_name(rule.kinds)}, got {value!r}") from None
+            if rule.check is not None and coerced is not None and not rule.check(coerced):
+                raise UserError(f"{where} = {coerced!r} is not allowed (expected {rule.allowed})")
+            if coerced is not value:
+                object.__setattr__(self, spec.name, coerced)
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        """Rules that involve several fields (subclasses)."""
+
+    def fail(self, key: str, message: str):
+        raise UserError(f"[{self.SECTION}].{key}: {message}")
+
+    def to_dict(self) -> dict:
+        return {spec.name: _plain(getattr(self, spec.name)) for spec in dataclasses.fields(self)}
+
+    def fingerprint(self) -> dict:
+        """The settings that decide results (execution settings left out): what a resume must match."""
+        return {
+            spec.name: _plain(getattr(self, spec.name))
+            for spec in dataclasses.fields(self)
+            if not spec.metadata["rule"].execution
+        }
+
+    def replace(self, **changes) -> Section:
+        """A copy with ``changes`` (``None`` values are ignored: an unset flag changes nothing)."""
+        given = {key: value for key, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    @classmethod
+    def from_table(cls, table: Mapping, *, source: str = "", base_dir: Path | None = None):
+        """From a parsed TOML table: unknown keys are refused, relative paths resolved against base_dir."""
+        prefix = f"{source}: " if source else ""
+        if not isinstance(table, Mapping):
+            raise UserError(f"{prefix}[{cls.SECTION}] must be a table")
+        specs = {spec.name: spec for spec in dataclasses.fields(cls)}
+        values = {}
+        for key, value in table.items():
+            if key not in specs:
+                raise UserError(f"{prefix}unknown key [{cls.SECTION}].{key}{_hint(key, specs)}")
+            rule = specs[key].metadata["rule"]
+            if rule.is_path and isinstance(value, str) and value.strip() and base_dir is not None:
+                value = _resolve_path(value, base_dir)
+            values[key] = value
+        try:
+            return cls(**values)
+        except UserError as error:
+            raise UserError(f"{prefix}{error}") from None
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _resolve_path(value: str, base_dir: Path) -> str:
+    if value == "digits" or value.startswith("digits:"):
+        return value
+    path = Path(value)
+    try:
+        path = path.expanduser()
+    except (RuntimeError, ValueError):  # '~nosuchuser/...' or a NUL byte: kept as written, like os.path
+        pass
+    return os.path.normpath(path if path.is_absolute() else (base_dir / path))
+
+
+def _hint(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def _default(section: type, name: str):
+    return next(spec.default for spec in dataclasses.fields(section) if spec.name == name)
+
+
+def _like(section: type, name: str, **overrides):
+    """A field declared like ``section.name`` (same rule), optionally with another default."""
+    spec = next(spec for spec in dataclasses.fields(section) if spec.name == name)
+    rule: Rule = spec.metadata["rule"]
+    return setting(overrides.get("default", spec.default), rule.kinds, rule.check, rule.allowed)
+
+
+# --- the sections ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    """``[model]``: which network, its trained weights and its input."""
+
+    SECTION: ClassVar[str] = "model"
+    name: str | None = setting(
+        None, (str, NONE), lambda v: bool(v), "a registry name, torchvision name or package.module:factory"
+    )
+    num_classes: int | None = setting(None, (int, NONE), *POSITIVE)
+    weights: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True)
+    input_size: list | None = setting(None, (list, NONE), _input_size, "[channels, height, width]")
+    kwargs: dict = setting({}, dict)
+
+
+@dataclass(frozen=True)
+class DataSettings(Section):
+    """``[data]``: the images, and the one train/validation split every stage of a run uses."""
+
+    SECTION: ClassVar[str] = "data"
+    spec: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True)
+    split: str = setting("auto", str, lambda v: bool(SPLIT_PATTERN.match(v)), SPLIT_WORDING)
+    seed: int = setting(0, int, *NON_NEGATIVE)  # the split's seed (random:F) and the proxy slices' seed
+
+
+@dataclass(frozen=True)
+class SpaceSettings(Section):
+    """``[space]``: what may be pruned and to which widths."""
+
+    SECTION: ClassVar[str] = "space"
+    ignored_layers: list = setting([], list, _names, "a list of names/globs")
+    round_to: int = setting(1, int, *POSITIVE)
+    min_keep: float = setting(0.1, float, *RATIO)
+
+
+@dataclass(frozen=True)
+class BudgetSettings(Section):
+    """``[budget]``: how much of the base model to keep (ratios of its MACs and/or parameters)."""
+
+    SECTION: ClassVar[str] = "budget"
+    flops: float | None = setting(None, (float, NONE), *RATIO)
+    params: float | None = setting(None, (float, NONE), *RATIO)
+
+    @property
+    def given(self) -> bool:
+        return self.flops is not None or self.params is not None
+
+    def require(self, what: str) -> None:
+        if not self.given:
+            raise UserError(f"{what}: give a budget (--flops R and/or --params R, or [budget] in the config)")
+
+
+@dataclass(frozen=True)
+class SearchSettings(Section):
+    """``[search]``: the particle swarm. Execution settings (workers, backend, scheduler, time limit)
+    decide only where and for how long it runs, so they may change when a run is resumed."""
+
+    SECTION: ClassVar[str] = "search"
+    particles: int = setting(12, int, *at_least(2))
+    iterations: int = setting(30, int, *POSITIVE)
+    seed: int = setting(0, int, *NON_NEGATIVE)
+    topology: str = setting("star", str, *one_of("star", "ring", "von_neumann"))
+    neighbors: int = setting(3, int, *POSITIVE)  # ring: neighbours per particle (k); von_neumann: range r
+    inertia_start: float = setting(0.729, float, *within(0, 4))  # linear schedule, start -> end
+    inertia_end: float = setting(0.4, float, *within(0, 4))
+    c1: float = setting(1.49445, float, *within(0, 4))  # pull towards the particle's own best
+    c2: float = setting(1.49445, float, *within(0, 4))  # pull towards the neighbourhood's best
+    velocity_clamp: float = setting(0.2, float, *within(0, 1, open_low=True))  # keep-ratio units
+    boundary: str = setting(
+        "nearest", str, *one_of("nearest", "reflective", "shrink", "intermediate", "periodic")
+    )  # pyswarms BoundaryHandler strategy ("random" draws numpy's global RNG: not offered)
+    velocity_strategy: str = setting("unmodified", str, *one_of("unmodified", "adjust", "invert", "zero"))
+    init_spread: float = setting(0.1, float, *within(0, 1))  # particles 2.. start within +-spread
+    random_particles: int = setting(2, int, *NON_NEGATIVE)  # of which this many start uniformly random
+    patience: int = setting(0, int, *NON_NEGATIVE)  # iterations without improvement before stopping; 0: off
+    criterion: str = setting("l2", str, *one_of(*CRITERIA))  # which channels survive at a width
+    tolerance: float = setting(0.01, float, *within(0, 1))  # warn when repair lands further below budget
+    workers: int = setting(1, int, *POSITIVE, execution=True)
+    backend: str = setting("loky", str, *one_of("loky", "dask", "ray"), execution=True)
+    dask_scheduler: str | None = setting(None, (str, NONE), *NON_EMPTY, execution=True)
+    scheduler_timeout: float = setting(10.0, float, *within(0.1, 3600), execution=True)
+    time_limit: str | float | None = setting(
+        None, (str, float, NONE), _is_duration, "a duration like 8h, 90m, 1h30m or 3600", execution=True
+    )
+
+    def _check_combination(self) -> None:
+        if self.random_particles > self.particles - 2:
+            self.fail(
+                "random_particles",
+                f"{self.random_particles} random particles leave no room for the clustering proposal and "
+                f"the uniform particle (particles = {self.particles}: at most {self.particles - 2})",
+            )
+        if self.topology == "ring" and self.neighbors >= self.particles:
+            self.fail("neighbors", f"topology 'ring' needs neighbors < particles ({self.particles})")
+        if self.dask_scheduler is not None and self.backend == "ray":
+            self.fail("backend", "'ray' and a dask_scheduler address were both given; pick one")
+
+    @property
+    def time_limit_seconds(self) -> float | None:
+        return parse_duration(self.time_limit, "time_limit")
+
+
+@dataclass(frozen=True)
+class ProposeSettings(Section):
+    """How ``acp cluster`` proposes widths (a search always uses budget mode on the proxy's images)."""
+
+    SECTION: ClassVar[str] = "propose"
+    mode: str = setting("budget", str, *one_of("budget", "dbscan"))
+    eps: float | None = setting(None, (float, NONE), *within(0.0, 2.0, open_low=True))
+    min_samples: int = setting(5, int, *POSITIVE)  # as in the ACP paper's code
+    images: int = setting(256, int, *POSITIVE)  # calibration images from the training split
+    criterion: str = _like(SearchSettings, "criterion")
+
+    def _check_combination(self) -> None:
+        if self.mode == "dbscan" and self.eps is None:
+            self.fail("eps", "mode 'dbscan' needs eps (--eps; the ACP paper used 0.007 on CIFAR)")
+        if self.mode == "budget" and self.eps is not None:
+            self.fail("eps", "eps is DBSCAN's knob; mode 'budget' takes a flops/params budget instead")
+
+
+@dataclass(frozen=True)
+class ProxySettings(Section):
+    """``[proxy]``: how the search scores a candidate (see ``acp.proxy.evaluator`` for the recipe).
+
+    Defaults: 20 calibration batches of 64 images (1,280 images; EagleEye used 100 x 128 on ImageNet,
+    CIFAR-sized nets settle with far fewer), 2,000 proxy-validation images, no finetuning, NCHW, one
+    thread (scores do not depend on how many workers share the cores). ``channels_last`` is off: it made
+    ResNet-20 forwards ~18% cheaper here, but oneDNN's channels-last convolution backward (finetune
+    steps) crashed on some pruned shapes with torch 2.14.
+    """
+
+    SECTION: ClassVar[str] = "proxy"
+    calibration_batches: int = setting(20, int, *NON_NEGATIVE)
+    calibration_batch_size: int = setting(64, int, *POSITIVE)
+    eval_batch_size: int = setting(500, int, *POSITIVE)
+    validation_images: int = setting(2000, int, *POSITIVE)  # held out of the training split
+    recalibrate_bn: bool = setting(True, bool)
+    score: str = setting("accuracy", str, *one_of("accuracy", "loss"))
+    finetune_steps: int = setting(0, int, *NON_NEGATIVE)
+    finetune_lr: float = setting(0.01, float, *within(0, math.inf))
+    finetune_momentum: float = setting(0.9, float, *within(0, 1, open_high=True))
+    finetune_weight_decay: float = setting(5e-4, float, *within(0, math.inf))
+    finetune_seed: int = setting(0, int, *NON_NEGATIVE)
+    channels_last: bool = setting(False, bool)
+    threads: int = setting(1, int, *POSITIVE)  # torch threads in an evaluation (scores depend on it)
+    cache_size: int = setting(100_000, int, *NON_NEGATIVE, execution=True)  # results kept per evaluator
+
+    def _check_combination(self) -> None:
+        if self.finetune_steps and self.finetune_lr <= 0:
+            self.fail("finetune_lr", "must be > 0 when finetune_steps > 0")
+        if self.recalibrate_bn and self.calibration_batches == 0:
+            self.fail("calibration_batches", "must be >= 1 when recalibrate_bn is true")
+        if self.finetune_steps and self.calibration_batches == 0:
+            self.fail("calibration_batches", "finetune_steps need calibration batches (their images)")
+
+    @property
+    def calibration_images(self) -> int:
+        return self.calibration_batches * self.calibration_batch_size
+
+
+@dataclass(frozen=True)
+class Schedule(Section):
+    """How to train (``acp train``; ``FinetuneSettings.schedule()`` for retraining a pruned model).
+
+    SGD with (Nesterov) momentum, weight decay, label smoothing, a cosine / one-cycle / constant learning
+    rate; ``distill_*`` weigh the distillation loss when a teacher is given.
+    """
+
+    SECTION: ClassVar[str] = "train"
+    epochs: int = setting(30, int, *POSITIVE)
+    batch_size: int = setting(128, int, *POSITIVE)
+    lr: float = setting(0.1, float, *within(0, 10, open_low=True, open_high=True))
+    momentum: float = setting(0.9, float, *within(0, 1, open_high=True))
+    nesterov: bool = setting(True, bool)
+    weight_decay: float = setting(5e-4, float, *within(0, math.inf))
+    schedule: str = setting("cosine", str, *one_of(*SCHEDULES))
+    warmup_fraction: float = setting(0.15, float, *within(0, 1, open_high=True))  # one-cycle only
+    label_smoothing: float = setting(0.0, float, *within(0, 1, open_high=True))
+    augment: bool = setting(True, bool)  # random crop with padding + horizontal flip
+    seed: int = setting(0, int, *NON_NEGATIVE)  # shuffling, augmentation, dropout (not the data split)
+    channels_last: bool = setting(True, bool)  # used only where safe (acp.train.loop.channels_last_is_safe)
+    distill_temperature: float = setting(4.0, float, *within(0, math.inf, open_low=True))
+    distill_alpha: float = setting(0.9, float, *within(0, 1))
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        progress = step / max(1, total_steps)
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "cosine":
+            return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
+        # one-cycle: linear warm-up from lr/25 to lr, then cosine down to lr/1e4
+        if progress < self.warmup_fraction:
+            start = self.lr / 25
+            return start + (self.lr - start) * progress / self.warmup_fraction
+        rest = (progress - self.warmup_fraction) / (1 - self.warmup_fraction)
+        low = self.lr / 1e4
+        return low + 0.5 * (self.lr - low) * (1 + math.cos(math.pi * rest))
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(Section):
+    """``[finetune]``: retraining the searched architecture from the base weights.
+
+    The recipe fields are declared like ``Schedule``'s; only the defaults that differ for finetuning (a
+    lower learning rate) are stated here. ``threads``: torch threads while training (1 by default: on a
+    busy 2-core machine a second OpenMP thread slowed the demo's training more than tenfold).
+    """
+
+    SECTION: ClassVar[str] = "finetune"
+    epochs: int = _like(Schedule, "epochs")
+    batch_size: int = _like(Schedule, "batch_size")
+    lr: float = _like(Schedule, "lr", default=0.02)
+    momentum: float = _like(Schedule, "momentum")
+    weight_decay: float = _like(Schedule, "weight_decay")
+    schedule: str = _like(Schedule, "schedule")
+    label_smoothing: float = _like(Schedule, "label_smoothing")
+    augment: bool = _like(Schedule, "augment")
+    distill: bool = setting(False, bool)  # knowledge distillation from the unpruned model
+    temperature: float = _like(Schedule, "distill_temperature")
+    alpha: float = _like(Schedule, "distill_alpha")
+    seed: int = _like(Schedule, "seed")
+    threads: int = setting(1, int, *POSITIVE, execution=True)
+
+    def to_schedule(self, epochs: int | None = None) -> Schedule:
+        return Schedule(
+            epochs=self.epochs if epochs is None else epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            label_smoothing=self.label_smoothing,
+            augment=self.augment,
+            seed=self.seed,
+            distill_temperature=self.temperature,
+            distill_alpha=self.alpha,
+        )
+
+
+TRAINING_THREADS = _default(FinetuneSettings, "threads")
+
+
+# --- a whole run configuration ---------------------------------------------------------------------
+
+SECTIONS: dict[str, type[Section]] = {
+    section.SECTION: section
+    for section in (
+        ModelSettings,
+        DataSettings,
+        SpaceSettings,
+        BudgetSettings,
+        FinetuneSettings,
+        SearchSettings,
+        ProxySettings,
+    )
+}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run configuration: every TOML section as its settings object, and where it came from."""
+
+    model: ModelSettings
+    data: DataSettings = field(default_factory=DataSettings)
+    space: SpaceSettings = field(default_factory=SpaceSettings)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    source: str = field(default="<config>", compare=False)  # a file name, for messages
+
+    def __post_init__(self) -> None:
+        for name, section in SECTIONS.items():
+            if not isinstance(getattr(self, name), section):
+                raise UserError(f"{self.source}: [{name}] must be {section.__name__}")
+        if self.model.name is None:
+            raise UserError(f"{self.source}: [model].name is required")
+
+    @classmethod
+    def from_document(
+        cls, document: Mapping, *, source: str = "<config>", base_dir: Path | None = None
+    ) -> RunSettings:
+        if not isinstance(document, Mapping):
+            raise UserError(f"{source}: a config must be a TOML table")
+        for name in document:
+            if name not in SECTIONS:
+                raise UserError(f"{source}: unknown section [{name}]{_hint(name, SECTIONS)}")
+        sections = {
+            name: section.from_table(document.get(name, {}), source=source, base_dir=base_dir)
+            for name, section in SECTIONS.items()
+        }
+        return cls(**sections, source=source)
+
+    def replace(self, **sections) -> RunSettings:
+        return dataclasses.replace(self, **sections)
+
+    def with_budget(self, *, flops: float | None = None, params: float | None = None) -> RunSettings:
+        """A budget given on the command line replaces the config's whole ``[budget]``."""
+        if flops is None and params is None:
+            return self
+        return self.replace(budget=BudgetSettings(flops=flops, params=params))
+
+    def to_document(self) -> dict:
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        """The settings as TOML (None values are omitted, as TOML has no null)."""
+        return dump_toml(self.to_document())
+
+    def fingerprint(self) -> dict:
+        """What a resumed run must agree on (every section without its execution settings)."""
+        return {name: getattr(self, name).fingerprint() for name in SECTIONS}
+
+    def first_difference(self, other: RunSettings) -> tuple[str, Any, Any] | None:
+        """``("[section].key", mine, theirs)`` for the first fingerprint difference, or None."""
+        mine, theirs = self.fingerprint(), other.fingerprint()
+        for section in SECTIONS:
+            for key in mine[section]:
+                if mine[section][key] != theirs[section][key]:
+                    return f"[{section}].{key}", mine[section][key], theirs[section][key]
+        return None
+
+
+def load_settings(path: str | os.PathLike) -> RunSettings:
+    """Read and check a TOML run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: TOML syntax error: {error}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    except OSError as error:
+        raise UserError(f"config file {path} cannot be read: {error.strerror or error}") from None
+    return RunSettings.from_document(document, source=str(path), base_dir=path.resolve().parent)
+
+
+def settings_for_model(name: str, **model_fields: Any) -> RunSettings:
+    """Settings for a bare model name (``acp info resnet20_cifar``)."""
+    source = f"model {name!r}"
+    try:
+        model = ModelSettings(name=name, **model_fields)
+    except UserError as error:
+        raise UserError(f"{source}: {error}") from None
+    return RunSettings(model=model, source=source)
+
+
+# --- TOML writing ----------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def dump_toml(document: Mapping[str, Any]) -> str:
+    """Serialize ``{section: {key: value}}`` to TOML (None values are omitted)."""
+    lines: list[str] = []
+    for section, fields_ in document.items():
+        lines.append(f"[{_toml_key(section)}]")
+        for key, value in fields_.items():
+            if value is not None:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_key(key: object) -> str:
+    key = str(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON's escapes are valid in TOML basic strings; TOML also forbids a raw DEL
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, datetime.date | datetime.time):  # TOML date/time literals (kwargs may hold them)
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

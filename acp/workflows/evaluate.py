@@ -1,0 +1,112 @@
+"""``acp eval`` / ``acp.evaluate(...)``: accuracy, loss, MACs and params of a base or pruned model.
+
+A pruned model of a run (its ``best_arch.json``, or ``DIR/finetune``) is evaluated on the run's split
+(method and seed from the run's ``config.toml``) unless the caller names another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from acp.errors import UserError, one_line
+from acp.settings import DataSettings
+from acp.workflows import rundir
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    images: int
+    macs: int
+    params: int
+
+
+def evaluate(
+    arch: str | Path | None = None,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    data: str,
+    split: str = "val",
+    split_method: str | None = None,
+    split_seed: int | None = None,
+    threads: int | None = None,
+) -> Evaluation:
+    """Evaluate a pruned model (``arch``: an architecture JSON or a saved pruned-model directory) or a
+    base model (``model`` + ``weights``) on ``data``'s ``split`` ("train", "val" or "all")."""
+    import torch
+
+    from acp.data import load_data, make_splits
+    from acp.settings import TRAINING_THREADS
+    from acp.threads import torch_threads
+    from acp.train.loop import evaluate as evaluate_model
+
+    if arch is None and model is None:
+        raise UserError("acp eval: give an architecture JSON or --model NAME")
+    run = rundir.run_settings_near(arch) if arch is not None else None
+    base_data = run.data if run is not None else DataSettings()
+    data_settings = base_data.replace(spec=data, split=split_method, seed=split_seed)
+    images = load_data(data_settings.spec)
+    splits = make_splits(images, data_settings.split, seed=data_settings.seed)
+    if arch is not None:
+        network, input_size = _pruned_model(arch, weights)
+        if images.image_shape != input_size:  # the recorded MACs/params hold only at the architecture's size
+            raise UserError(
+                f"images of data {data} are {'x'.join(map(str, images.image_shape))}, but the architecture's "
+                f"input size is {'x'.join(map(str, input_size))}"
+            )
+    else:
+        from acp.fileio import load_weights_into
+        from acp.models import create_model
+
+        network = create_model(model, num_classes=images.num_classes)
+        if weights is not None:
+            load_weights_into(network, weights)
+    check_input_fits(network, images.image_shape, data)
+    indices = {"train": splits.train, "val": splits.val, "all": np.arange(len(images))}[split]
+    with torch_threads(threads or TRAINING_THREADS), torch.no_grad():
+        accuracy, loss = evaluate_model(network, images, indices)
+    macs, params = count_macs_and_params(network, images.image_shape)
+    return Evaluation(accuracy, loss, int(len(indices)), macs, params)
+
+
+def _pruned_model(arch_path, weights):
+    """The pruned model of ``arch_path`` and its input size: ``weights`` are the pruned model's own (as
+    saved by prune / finetune), or -- recognized by their shapes -- the unpruned model's, then pruned."""
+    from acp.fileio import load_state_dict_file, load_state_into
+    from acp.prune import architecture_file, load_architecture, load_pruned, materialize
+
+    arch, base, space = load_architecture(architecture_file(arch_path))
+    if weights is not None and not Path(arch_path).is_dir():
+        state = load_state_dict_file(weights)
+        base_shapes = {key: tuple(value.shape) for key, value in base.state_dict().items()}
+        if {key: tuple(value.shape) for key, value in state.items()} == base_shapes:
+            load_state_into(base, state, weights)
+            return materialize(base, arch, space), tuple(arch.model.input_size)
+    return load_pruned(arch_path, weights), tuple(arch.model.input_size)
+
+
+def check_input_fits(model, image_shape: tuple[int, int, int], spec: str) -> None:
+    import torch
+
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *image_shape))
+    except RuntimeError as error:
+        raise UserError(
+            f"images of data {spec} ({'x'.join(map(str, image_shape))}) do not fit the model: "
+            f"{one_line(error)[:160]}"
+        ) from None
+
+
+def count_macs_and_params(model, image_shape) -> tuple[int, int]:
+    import torch
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, *image_shape))
+    return int(macs), int(params)

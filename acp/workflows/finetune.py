@@ -1,0 +1,89 @@
+"""``acp finetune`` / ``acp.finetune(...)``: retrain an architecture with its run's weights, data and split.
+
+Where ``weights``/``data`` are not given they come from the run the architecture belongs to (the
+``config.toml`` beside ``best_arch.json``, or one level up for ``DIR/finetune``), and so do the split --
+method *and seed*, so the pruned model is validated on exactly the images the base model was validated
+on -- and the ``[finetune]`` recipe; keyword arguments override single fields of that recipe.
+``acp finetune runs/r20/best_arch.json --epochs 30 --out runs/r20/ft`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from acp.core.architecture import Architecture
+from acp.errors import UserError
+from acp.settings import DataSettings, FinetuneSettings, Schedule
+from acp.train.finetune import FinetuneResult
+from acp.workflows import rundir
+
+
+def finetune(
+    arch: str | os.PathLike | Architecture,
+    *,
+    out_dir: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    data: str | None = None,
+    split: str | None = None,
+    split_seed: int | None = None,
+    training_schedule: Schedule | None = None,
+    distill: bool | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    measure_latency_of_models: bool = True,
+    on_epoch=None,
+    **recipe,
+) -> FinetuneResult:
+    """Materialize ``arch`` from the unpruned ``weights`` and finetune it (see the module docstring).
+
+    ``recipe`` holds ``[finetune]`` fields (``epochs``, ``lr``, ``batch_size``, ``threads``, ...) that
+    override the run's; ``training_schedule`` replaces the whole training recipe (then only ``threads`` and
+    ``distill`` are read from the settings).
+    """
+    from acp.fileio import load_weights_into
+    from acp.prune import build_space, load_architecture
+    from acp.train.finetune import finetune_model
+    from acp.workflows.problem import load_split_data
+
+    run = None if isinstance(arch, Architecture) else rundir.run_settings_near(arch)
+    settings = (run.finetune if run is not None else FinetuneSettings()).replace(**recipe)
+    data_settings = _data_settings(run, data, split, split_seed)
+    if weights is None and run is not None:
+        weights = run.model.weights
+    if weights is None:
+        raise UserError("finetune: --weights (the unpruned model's state_dict) is required here")
+    if data_settings.spec is None:
+        raise UserError("finetune: --data is required here (no config.toml beside the architecture)")
+
+    if isinstance(arch, Architecture):
+        base, space = build_space(arch.model, arch.space)
+        arch.validate_against(space)
+    else:
+        arch, base, space = load_architecture(arch)
+    load_weights_into(base, weights)
+    image_data, splits = load_split_data(data_settings)
+    return finetune_model(
+        arch,
+        base,
+        space,
+        image_data,
+        splits,
+        out_dir=out_dir,
+        schedule=training_schedule if training_schedule is not None else settings.to_schedule(),
+        distill=settings.distill if distill is None else distill,
+        resume=resume,
+        threads=settings.threads,
+        progress=progress,
+        measure_latency_of_models=measure_latency_of_models,
+        on_epoch=on_epoch,
+        provenance={"weights": str(weights), "data": str(data_settings.spec)},
+    )
+
+
+def _data_settings(run, spec: str | None, split: str | None, seed: int | None) -> DataSettings:
+    """The run's ``[data]`` with any field the caller gave replaced (no run: the defaults)."""
+    base = run.data if run is not None else DataSettings()
+    try:
+        return base.replace(spec=spec, split=split, seed=seed)
+    except UserError as error:
+        raise UserError(f"finetune: {error}") from None

@@ -1,0 +1,107 @@
+"""From run settings to the objects every stage needs: model identity, base model, channel space, data.
+
+``load_problem(settings)`` is the first step of the data flow (DESIGN.md): it builds the model named by
+``[model]``, loads its weights (``weights_only=True``), and analyses its channel groups. Images are
+loaded separately (``problem.data()``), only by the stages that need them, split by ``[data]`` -- the
+one split every stage of a run uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from acp.core.architecture import ModelIdentity
+from acp.core.space import ChannelSpace
+from acp.errors import UserError
+from acp.settings import DataSettings, RunSettings, load_settings, settings_for_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Problem:
+    """A model to prune: its settings, what it is, its (trained) weights, and its channel space."""
+
+    settings: RunSettings
+    identity: ModelIdentity
+    model: nn.Module
+    space: ChannelSpace
+    weights: str | None  # the weights file actually loaded (None: random init)
+    _data: tuple | None = field(default=None, repr=False)
+
+    def data(self):
+        """(ImageData, Splits) of ``[data]``; the image shape must fit the model."""
+        if self._data is None:
+            self._data = load_split_data(self.settings.data, self.identity, source=self.settings.source)
+        return self._data
+
+
+def load_split_data(data: DataSettings, identity: ModelIdentity | None = None, *, source: str = "config"):
+    """(ImageData, Splits) for ``data`` (spec, split method and its seed), checked against the model."""
+    from acp.data import load_data, make_splits
+
+    if data.spec is None:
+        raise UserError(f"{source}: [data].spec is required for this command")
+    images = load_data(data.spec)
+    if identity is not None:
+        if images.image_shape != tuple(identity.input_size):
+            raise UserError(
+                f"images of data {data.spec} are {'x'.join(map(str, images.image_shape))}, but the model's "
+                f"input size is {'x'.join(map(str, identity.input_size))} ([model].input_size)"
+            )
+        if identity.num_classes is not None and images.num_classes != identity.num_classes:
+            raise UserError(
+                f"data {data.spec} has {images.num_classes} classes, but [model].num_classes is "
+                f"{identity.num_classes}"
+            )
+    return images, make_splits(images, data.split, seed=data.seed)
+
+
+def resolve_settings(config_or_model: str) -> RunSettings:
+    """Settings from a TOML path, or defaults for a bare model name."""
+    looks_like_file = config_or_model.endswith(".toml") or Path(config_or_model).is_file()
+    return load_settings(config_or_model) if looks_like_file else settings_for_model(config_or_model)
+
+
+def model_identity(settings: RunSettings) -> ModelIdentity:
+    from acp.models import check_model_name, default_input_size
+
+    model = settings.model
+    try:
+        check_model_name(model.name)
+    except UserError as error:
+        raise UserError(f"{settings.source}: [model].name: {error}") from None
+    input_size = model.input_size or default_input_size(model.name)
+    if input_size is None:
+        raise UserError(f"{settings.source}: [model].input_size is required for {model.name!r}")
+    return ModelIdentity(model.name, model.num_classes, tuple(input_size), dict(model.kwargs))
+
+
+def load_problem(settings: RunSettings, *, require_weights: bool = False) -> Problem:
+    """Build the model, load its weights and analyse its channel space.
+
+    Missing weights are an error when ``require_weights`` (search, finetune); otherwise the model keeps
+    its random initialization and a warning says so (``acp info`` on a config without trained weights).
+    """
+    from acp.fileio import load_weights_into
+    from acp.models import create_model
+    from acp.prune import space_for
+
+    identity = model_identity(settings)
+    model = create_model(identity.name, identity.num_classes, **identity.kwargs)
+    weights = settings.model.weights
+    if weights is not None and Path(weights).is_file():
+        load_weights_into(model, weights)
+    elif require_weights:
+        where = f" ({weights} not found)" if weights else ""
+        raise UserError(f"{settings.source}: [model].weights: a trained weights file is required{where}")
+    else:
+        if weights is not None:
+            log.warning("weights %s not found: using a randomly initialized %s", weights, identity.name)
+        weights = None
+    space = space_for(model, identity, settings.space.to_dict())
+    return Problem(settings, identity, model, space, weights)

@@ -1,0 +1,182 @@
+"""The search as a whole, from settings: ``acp.search(...)`` (the API behind ``acp search``).
+
+Setup happens before anything is written, so a user error (bad config, missing weights, infeasible
+budget) leaves no half-made run directory: load the problem, check the budget, carve the proxy data from
+the training split, collect feature statistics on the calibration images, propose widths by clustering,
+rank channels with the criterion, build the proxy evaluator. Then the run directory gets
+``config.toml`` (the resolved settings) and ``proposal.json`` (the clustering proposal and the channel
+rankings), and the :class:`~acp.search.study.Study` runs.
+
+A resumed run reads ``config.toml`` and ``proposal.json`` back instead of recomputing them, so it scores
+candidates exactly as the interrupted run did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from acp.core.budget import Budget
+from acp.errors import UserError
+from acp.search.study import SearchResult, Study
+from acp.settings import RunSettings, load_settings
+from acp.workflows import rundir
+
+log = logging.getLogger(__name__)
+
+
+def as_settings(config) -> RunSettings:
+    """A TOML path, a :class:`RunSettings`, or a parsed document (``{section: {key: value}}``)."""
+    if isinstance(config, RunSettings):
+        return config
+    if isinstance(config, str | os.PathLike):
+        return load_settings(config)
+    if isinstance(config, Mapping):
+        return RunSettings.from_document(config)
+    raise UserError(f"config: expected a TOML path or RunSettings, got {type(config).__name__}")
+
+
+def search(
+    config=None,
+    *,
+    out=None,
+    resume=None,
+    flops: float | None = None,
+    params: float | None = None,
+    iterations: int | None = None,
+    particles: int | None = None,
+    seed: int | None = None,
+    patience: int | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    dask_scheduler: str | None = None,
+    time_limit: str | float | None = None,
+    progress: bool = False,
+) -> SearchResult:
+    """Search ``config`` (a TOML path or :class:`RunSettings`) under a MACs/params budget into ``out``;
+    or continue the run in directory ``resume``. Keyword overrides win over the config's values; on
+    resume only the execution settings (workers, backend, dask_scheduler, time_limit) may change.
+
+    Returns a :class:`~acp.search.study.SearchResult` (best widths and score, the clustering proposal's
+    and the uniform baseline's records, ``architecture`` = the saved ``best_arch.json``).
+    """
+    choices = {"iterations": iterations, "particles": particles, "seed": seed, "patience": patience}
+    execution = {
+        "workers": workers,
+        "backend": backend,
+        "dask_scheduler": dask_scheduler,
+        "time_limit": time_limit,
+    }
+    if resume is not None:
+        run_dir = Path(resume)
+        stored = rundir.read_run_settings(run_dir)
+        given = stored if config is None else as_settings(config)
+        given = _with_overrides(given, flops, params, choices)
+        difference = stored.first_difference(given)
+        if difference is not None:
+            field_name, before, now = difference
+            raise UserError(
+                f"--resume {run_dir}: {field_name} differs from the run's {rundir.CONFIG_FILE} "
+                f"(run: {before!r}, now: {now!r}); a run resumes with its own configuration"
+            )
+        settings = stored
+    else:
+        if out is None:
+            raise UserError("acp search: --out DIR is required (or --resume DIR)")
+        if config is None:
+            raise UserError("acp search: a CONFIG file is required")
+        run_dir = Path(out)
+        from acp.fileio import require_fresh_output
+
+        require_fresh_output(run_dir, "pick a new directory or pass --resume")
+        settings = _with_overrides(as_settings(config), flops, params, choices)
+    settings = settings.replace(search=settings.search.replace(**execution))
+    return _run(settings, run_dir, resume=resume is not None, progress=progress)
+
+
+def _with_overrides(settings: RunSettings, flops, params, choices: Mapping) -> RunSettings:
+    settings = settings.with_budget(flops=flops, params=params)
+    return settings.replace(search=settings.search.replace(**choices))
+
+
+def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) -> SearchResult:
+    from acp.proxy.evaluator import ProxyEvaluator, default_proxy_data, fit_to_training_split
+    from acp.workflows.problem import load_problem
+
+    settings.budget.require("acp search")
+    problem = load_problem(settings, require_weights=True)
+    space = problem.space
+    budget = Budget(space, flops=settings.budget.flops, params=settings.budget.params)
+    data, splits = problem.data()
+    proxy_settings = fit_to_training_split(settings.proxy, len(splits.train))
+    proxy_data = default_proxy_data(data, splits.train, proxy_settings, seed=settings.data.seed)
+    if resume:
+        proposal_widths, criterion = rundir.read_proposal(run_dir, space)
+    else:
+        proposal_widths, criterion = _propose(problem, budget, proxy_data)
+    evaluator = ProxyEvaluator(
+        problem.model, space, criterion, proxy_data, proxy_settings, identity=problem.identity
+    )
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
+        rundir.write_proposal(run_dir, proposal_widths, space, criterion)
+    study = Study(
+        space,
+        evaluator,
+        budget,
+        settings.search,
+        run_dir,
+        proposal_widths=proposal_widths,
+        progress=progress,
+        fingerprint={"data": proxy_data.description},
+    )
+    try:
+        return study.run(resume=resume)
+    except UserError:
+        if not resume:
+            _remove_if_nothing_evaluated(run_dir)
+        raise
+
+
+def _remove_if_nothing_evaluated(run_dir: Path) -> None:
+    """A fresh run that failed before its first evaluation (e.g. an unreachable Dask scheduler) leaves no
+    directory behind, so the same command can simply be run again."""
+    from acp.search.store import History
+
+    evaluated = 0
+    if (run_dir / rundir.HISTORY_FILE).is_file():
+        try:
+            history = History(run_dir / rundir.HISTORY_FILE)
+            evaluated = len(history)
+            history.close()
+        except UserError:  # an unreadable history is not ours to delete
+            return
+    if evaluated == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _propose(problem, budget: Budget, proxy_data):
+    from acp.propose.clustering import propose_widths
+    from acp.propose.criteria import RankedCriterion, make_criterion
+    from acp.propose.features import collect_statistics
+
+    search = problem.settings.search
+    statistics = collect_statistics(
+        problem.model, problem.space, proxy_data.calibration_images, labels=proxy_data.calibration_labels
+    )
+    proposal = propose_widths(statistics, problem.space, flops=budget.flops, params=budget.params)
+    log.info(
+        "clustering proposal: MACs %.1f%%, params %.1f%% of the base model",
+        100 * proposal.macs_ratio,
+        100 * proposal.params_ratio,
+    )
+    criterion = make_criterion(
+        search.criterion, problem.space, model=problem.model, statistics=statistics, seed=search.seed
+    )
+    return np.asarray(proposal.widths, dtype=np.int64), RankedCriterion.freeze(criterion)

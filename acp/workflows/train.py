@@ -1,0 +1,51 @@
+"""``acp train``: train a base model on a data spec, resumable, recording the split it was validated on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from acp.settings import TRAINING_THREADS, DataSettings, Schedule
+
+
+def train_base(
+    model_name: str,
+    data: DataSettings,
+    schedule: Schedule,
+    out_dir: str | Path,
+    *,
+    weights: str | None = None,
+    resume: bool = False,
+    threads: int = TRAINING_THREADS,
+    progress: bool = True,
+):
+    """Train ``model_name`` (optionally from ``weights``) into ``out_dir``: ``weights.pt``, ``metrics.json``,
+    ``checkpoint.pt``, ``model.json`` (identity) and ``data.json`` (the data and the split, seed included).
+    Returns the epoch history."""
+    from acp.data import dump_description
+    from acp.fileio import atomic_write_json, load_weights_into
+    from acp.models import create_model
+    from acp.train.loop import train
+    from acp.workflows.evaluate import check_input_fits
+    from acp.workflows.problem import load_split_data
+
+    images, splits = load_split_data(data)
+    model = create_model(model_name, num_classes=images.num_classes)
+    if weights is not None:
+        load_weights_into(model, weights)
+    check_input_fits(model, images.image_shape, data.spec)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"name": model_name, "num_classes": images.num_classes, "input_size": list(images.image_shape)}
+    atomic_write_json(out_dir / "model.json", identity)
+    dump_description(out_dir / "data.json", images, splits)
+    return train(
+        model,
+        images,
+        splits.train,
+        splits.val,
+        schedule,
+        out_dir,
+        resume=resume,
+        progress=progress,
+        threads=threads,
+    )
