@@ -232,7 +232,7 @@ def _resolve_path(value: str, base_dir: Path) -> str:
     try:
         path = path.expanduser()
     except (RuntimeError, ValueError):  # '~nosuchuser/...' or a NUL byte: kept as written, like os.path
-        pass
+        path = Path(value)
     return os.path.normpath(path if path.is_absolute() else (base_dir / path))
 
 

@@ -4,16 +4,18 @@ Where ``weights``/``data`` are not given they come from the run the architecture
 ``config.toml`` beside ``best_arch.json``, or one level up for ``DIR/finetune``), and so do the split --
 method *and seed*, so the pruned model is validated on exactly the images the base model was validated
 on -- and the ``[finetune]`` recipe; keyword arguments override single fields of that recipe.
-``acp finetune runs/r20/best_arch.json --epochs 30 --out runs/r20/ft`` needs nothing else.
+``acp finetune runs/r20/best_arch.json --epochs 30 --out runs/r20/ft`` needs nothing else. The output
+directory records those settings in its own ``config.toml``, so ``acp eval DIR`` uses the same split.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from acp.core.architecture import Architecture
 from acp.errors import UserError
-from acp.settings import DataSettings, FinetuneSettings, Schedule
+from acp.settings import DataSettings, FinetuneSettings, ModelSettings, RunSettings, Schedule
 from acp.train.finetune import FinetuneResult
 from acp.workflows import rundir
 
@@ -62,7 +64,7 @@ def finetune(
         arch, base, space = load_architecture(arch)
     load_weights_into(base, weights)
     image_data, splits = load_split_data(data_settings)
-    return finetune_model(
+    result = finetune_model(
         arch,
         base,
         space,
@@ -78,6 +80,11 @@ def finetune(
         on_epoch=on_epoch,
         provenance={"weights": str(weights), "data": str(data_settings.spec)},
     )
+    # The retrained model's own record of its data and split, so `acp eval DIR` validates on the same images.
+    model = run.model if run is not None else ModelSettings(name=arch.model.name)
+    recorded = RunSettings(model=model.replace(weights=str(weights)), data=data_settings, finetune=settings)
+    rundir.write_run_settings(Path(out_dir), recorded)
+    return result
 
 
 def _data_settings(run, spec: str | None, split: str | None, seed: int | None) -> DataSettings:
