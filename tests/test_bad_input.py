@@ -361,7 +361,11 @@ CASES = [
         [*TRAIN, "{new_dir}", "--epochs", "0"],
         ["--epochs: expected a positive integer, got '0'"],
     ),
-    ("--threads 0 (train)", [*TRAIN, "{new_dir}", "--threads", "0"], ["--threads: expected a positive integer"]),
+    (
+        "--threads 0 (train)",
+        [*TRAIN, "{new_dir}", "--threads", "0"],
+        ["--threads: expected a positive integer"],
+    ),
     (
         "--split-seed < 0 (train)",
         [*TRAIN, "{new_dir}", "--split-seed", "-1"],

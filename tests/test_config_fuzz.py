@@ -52,7 +52,7 @@ RULES: dict[str, dict[str, Rule]] = {
 def test_every_field_declares_a_rule_and_a_valid_default():
     assert set(RULES) == {"model", "data", "space", "budget", "finetune", "search", "proxy"}
     for name, section in SECTIONS.items():
-        assert section.SECTION == name
+        assert name == section.SECTION
         default = section() if name != "model" else ModelSettings(name="x")  # defaults pass their own rules
         for key, rule in RULES[name].items():
             assert rule.kinds and all(isinstance(kind, type) for kind in rule.kinds), (name, key)
@@ -99,12 +99,22 @@ def _near_valid(rule: Rule, allow_nan: bool):
         choices = re.findall(r"'([^']*)'", rule.allowed)  # "'star', 'ring' or 'von_neumann'"
         choices += re.findall(r"\b\d+[dhms][\w.]*", rule.allowed)  # "a duration like 8h, 90m, 1h30m"
         if rule.is_path:
-            choices += ["digits", "digits:16", "w/base.pt", "../up/w.pt", "/abs/w.pt", "~/w.pt", "~nobody_acp/x"]
+            choices += [
+                "digits",
+                "digits:16",
+                "w/base.pt",
+                "../up/w.pt",
+                "/abs/w.pt",
+                "~/w.pt",
+                "~nobody_acp/x",
+            ]
         options.append(st.sampled_from(choices) if choices else st.text(min_size=1, max_size=8))
     if list in rule.kinds:
         options.append(st.lists(st.integers(-1, 40), max_size=4) | st.lists(st.text(max_size=4), max_size=3))
     if dict in rule.kinds:
-        plain = st.one_of(st.booleans(), st.integers(-5, 300), st.floats(allow_nan=allow_nan), st.text(max_size=8))
+        plain = st.one_of(
+            st.booleans(), st.integers(-5, 300), st.floats(allow_nan=allow_nan), st.text(max_size=8)
+        )
         options.append(st.dictionaries(st.text(max_size=4), plain, max_size=3))
     assert options or rule.kinds == (NONE,)
     return st.one_of(options)

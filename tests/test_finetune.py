@@ -55,7 +55,9 @@ SCHEDULE = Schedule(epochs=2, batch_size=32, lr=0.05, augment=False)
 
 def test_finetune_improves_and_writes_a_loadable_model(base_run):
     root, arch = base_run
-    result = finetune(root / "run" / "best_arch.json", out_dir=root / "ft", training_schedule=SCHEDULE, progress=False)
+    result = finetune(
+        root / "run" / "best_arch.json", out_dir=root / "ft", training_schedule=SCHEDULE, progress=False
+    )
     metrics = json.loads((root / "ft" / "metrics.json").read_text())
     assert metrics["val_accuracy_after"] > metrics["val_accuracy_before"]
     assert metrics["macs"] == arch.macs and metrics["params"] == arch.params
@@ -121,7 +123,9 @@ def test_finetune_inherits_the_base_weights(base_run, tmp_path):
     result = finetune(
         root / "run" / "best_arch.json",
         out_dir=tmp_path / "zero",
-        training_schedule=Schedule(epochs=1, batch_size=32, lr=1e-9, momentum=0.0, weight_decay=0.0, augment=False),
+        training_schedule=Schedule(
+            epochs=1, batch_size=32, lr=1e-9, momentum=0.0, weight_decay=0.0, augment=False
+        ),
         progress=False,
         measure_latency_of_models=False,
     )
@@ -138,7 +142,9 @@ def test_finetune_errors(base_run, tmp_path):
     with pytest.raises(UserError, match="--weights"):
         finetune(lonely, out_dir=tmp_path / "x", training_schedule=SCHEDULE, progress=False)
     with pytest.raises(UserError, match="no checkpoint.pt"):
-        finetune(root / "run" / "best_arch.json", out_dir=tmp_path / "y", resume=True, training_schedule=SCHEDULE)
+        finetune(
+            root / "run" / "best_arch.json", out_dir=tmp_path / "y", resume=True, training_schedule=SCHEDULE
+        )
     with pytest.raises(UserError, match="input size"):
         finetune(
             lonely,

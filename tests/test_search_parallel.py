@@ -13,9 +13,9 @@ from acp.errors import UserError
 from acp.prune import build_space
 from acp.search import store
 from acp.search.backends import make_backend
-from acp.settings import SearchSettings
 from acp.search.study import Study
 from acp.search.synthetic import SyntheticEvaluator
+from acp.settings import SearchSettings
 
 IDENTITY = ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {})
 COMPARED = ("iteration", "particle", "widths", "macs", "params", "score", "status")

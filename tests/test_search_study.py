@@ -13,9 +13,9 @@ from acp.core.budget import Budget
 from acp.errors import UserError
 from acp.prune import build_space
 from acp.search import store
-from acp.settings import SearchSettings, parse_duration
 from acp.search.study import Study
 from acp.search.synthetic import SyntheticEvaluator
+from acp.settings import SearchSettings, parse_duration
 
 IDENTITY = ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {})
 COMPARED = ("iteration", "particle", "widths", "macs", "params", "score", "accuracy", "loss", "status")
@@ -240,9 +240,13 @@ def test_time_limit_stops_the_search(space, tmp_path):
 
 
 def test_settings_validation_messages():
-    with pytest.raises(UserError, match=r"^\[search\]\.workers = 0 is not allowed \(expected a positive integer\)$"):
+    with pytest.raises(
+        UserError, match=r"^\[search\]\.workers = 0 is not allowed \(expected a positive integer\)$"
+    ):
         SearchSettings(workers=0)
-    with pytest.raises(UserError, match="topology = 'pyramid' is not allowed .*'star', 'ring' or 'von_neumann'"):
+    with pytest.raises(
+        UserError, match="topology = 'pyramid' is not allowed .*'star', 'ring' or 'von_neumann'"
+    ):
         SearchSettings(topology="pyramid")
     with pytest.raises(UserError, match=r"\[search\]\.boundary = 'random' is not allowed"):
         SearchSettings(boundary="random")

@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_finetune_validates_on_the_runs_split_whatever_its_own_seed(run_dir, tmp_path):
-    """Bug 1: the finetune seed used to re-draw a random:F split, so 'validation' held base-training images."""
+    """Bug 1: the finetune seed used to re-draw a random:F split: 'validation' held base-training images."""
     out = tmp_path / "ft"
     assert (
         main(
@@ -172,7 +172,8 @@ def test_every_setting_is_checked_before_any_work(tmp_path, capsys, section, tex
     """Bug 3: the weights and the data do not exist, yet the bad setting is what is reported."""
     config = tmp_path / "bad.toml"
     config.write_text(
-        f'[model]\nname = "resnet8_cifar"\nweights = "missing.pt"\n[data]\nspec = "no/such/dir"\n[{section}]\n{text}\n'
+        '[model]\nname = "resnet8_cifar"\nweights = "missing.pt"\n'
+        f'[data]\nspec = "no/such/dir"\n[{section}]\n{text}\n'
     )
     with pytest.raises(UserError, match="bad.toml: " + __import__("re").escape(message)):
         load_settings(config)

@@ -69,14 +69,6 @@ def min_width_for(full_width: int, min_keep: float, round_to: int) -> int:
     return min(rounded, full_width)
 
 
-def validate_settings(round_to: object, min_keep: object) -> tuple[int, float]:
-    if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
-        raise UserError(f"round_to: expected an integer >= 1, got {round_to!r}")
-    if isinstance(min_keep, bool) or not isinstance(min_keep, numbers.Real) or not 0 < min_keep <= 1:
-        raise UserError(f"min_keep: expected a number in (0, 1], got {min_keep!r}")
-    return int(round_to), float(min_keep)
-
-
 class ChannelSpace:
     """Searchable channel groups of one model at one input size, with an exact integer cost model.
 
@@ -127,7 +119,8 @@ class ChannelSpace:
         layers producing the model output are always added). A group is searchable when none of its
         layers is ignored, acp can slice all of them, and its allowed widths are more than one.
         """
-        round_to, min_keep = validate_settings(round_to, min_keep)
+        checked = SpaceSettings(round_to=round_to, min_keep=min_keep)  # the one place ranges are checked
+        round_to, min_keep = checked.round_to, checked.min_keep
         if isinstance(ignored_layers, str):
             ignored_layers = [ignored_layers]
         if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:

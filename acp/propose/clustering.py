@@ -27,11 +27,12 @@ from scipy.spatial.distance import squareform
 
 from acp.errors import UserError
 from acp.propose.features import FeatureStatistics, GroupStatistics
+from acp.settings import ProposeSettings
 
 log = logging.getLogger(__name__)
 
 MODES = ("budget", "dbscan")
-DEFAULT_MIN_SAMPLES = 5  # as in the ACP paper's code
+DEFAULT_MIN_SAMPLES = ProposeSettings().min_samples  # as in the ACP paper's code
 
 
 @dataclass(frozen=True)

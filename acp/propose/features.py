@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from acp.errors import UserError
+from acp.settings import ProposeSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NUM_IMAGES = 256
+DEFAULT_NUM_IMAGES = ProposeSettings().images
 DEFAULT_POOL_SIZE = 4
 DEFAULT_HRANK_IMAGES = 32
 DESCRIPTORS = ("bn", "relu")
