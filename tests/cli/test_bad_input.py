@@ -494,7 +494,7 @@ def test_crafted_pickle_is_refused_by_every_command(files, capsys, name):
 
 # ------------------------------------------------------------------------------ source audit
 
-SOURCE = Path(__file__).resolve().parents[1] / "acp"
+SOURCE = Path(__file__).resolve().parents[2] / "acp"
 DANGEROUS = {
     "eval": re.compile(r"(?<![\w.])eval\("),
     "exec": re.compile(r"(?<![\w.])exec\("),
