@@ -143,123 +143,95 @@ def train(
     ``threads``: torch threads while training (None: torch's current setting; see :mod:`acp.threads`).
     """
     with torch_threads(threads):
-        return _train(
-            model,
-            data,
-            train_indices,
-            val_indices,
-            schedule,
-            out_dir,
-            resume,
-            teacher,
-            progress,
-            on_epoch,
-            extra_metrics,
-        )
-
-
-def _train(
-    model,
-    data,
-    train_indices,
-    val_indices,
-    schedule,
-    out_dir,
-    resume,
-    teacher,
-    progress,
-    on_epoch,
-    extra_metrics,
-) -> list[EpochRecord]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    channels_last = schedule.channels_last and channels_last_is_safe(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, schedule)
-    history: list[EpochRecord] = []
-    start_epoch = 0
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    if resume:
-        start_epoch, history = _restore(checkpoint_path, model, optimizer, schedule)
-    if teacher is not None:
-        teacher.eval()
-    steps_per_epoch = max(1, len(train_indices) // schedule.batch_size)
-    total_steps = steps_per_epoch * schedule.epochs
-    for epoch in range(start_epoch, schedule.epochs):
-        began = time.perf_counter()
-        torch.manual_seed(schedule.seed * 1_000_003 + epoch)  # dropout & co. draw from the global RNG
-        generator = _epoch_generator(schedule.seed, epoch)
-        model.train()
-        seen, correct, loss_sum = 0, 0, 0.0
-        batches = iterate_batches(
-            data,
-            train_indices,
-            schedule.batch_size,
-            shuffle=True,
-            augmented=schedule.augment,
-            generator=generator,
-            drop_last=len(train_indices) >= schedule.batch_size,
-        )
-        bar = tqdm(
-            batches,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{schedule.epochs}",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        lr = schedule.lr
-        for step_in_epoch, (images, labels) in enumerate(bar):
-            lr = schedule.lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(images)
-            logits = model(images)
-            loss = _loss(logits, labels, schedule, teacher_logits)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(labels)
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
-        val_accuracy, val_loss = evaluate(model, data, val_indices, channels_last=channels_last)
-        record = EpochRecord(
-            epoch + 1,
-            loss_sum / max(1, seen),
-            correct / max(1, seen),
-            val_loss,
-            val_accuracy,
-            lr,
-            time.perf_counter() - began,
-        )
-        history.append(record)
-        log.info(
-            "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f (%.1fs)",
-            record.epoch,
-            schedule.epochs,
-            record.train_loss,
-            record.train_accuracy,
-            val_loss,
-            val_accuracy,
-            record.seconds,
-        )
-        _save(out_dir, model, optimizer, schedule, history, extra_metrics)
-        if on_epoch is not None:
-            on_epoch(record)
-    if not history or start_epoch >= schedule.epochs:
-        _save(out_dir, model, optimizer, schedule, history, extra_metrics)
-    return history
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        channels_last = schedule.channels_last and channels_last_is_safe(model)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = _make_optimizer(model, schedule)
+        history: list[EpochRecord] = []
+        start_epoch = 0
+        checkpoint_path = out_dir / CHECKPOINT_NAME
+        if resume:
+            start_epoch, history = _restore(checkpoint_path, model, optimizer, schedule)
+        if teacher is not None:
+            teacher.eval()
+        steps_per_epoch = max(1, len(train_indices) // schedule.batch_size)
+        total_steps = steps_per_epoch * schedule.epochs
+        for epoch in range(start_epoch, schedule.epochs):
+            began = time.perf_counter()
+            torch.manual_seed(schedule.seed * 1_000_003 + epoch)  # dropout & co. draw from the global RNG
+            generator = _epoch_generator(schedule.seed, epoch)
+            model.train()
+            seen, correct, loss_sum = 0, 0, 0.0
+            batches = iterate_batches(
+                data,
+                train_indices,
+                schedule.batch_size,
+                shuffle=True,
+                augmented=schedule.augment,
+                generator=generator,
+                drop_last=len(train_indices) >= schedule.batch_size,
+            )
+            bar = tqdm(
+                batches,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{schedule.epochs}",
+                disable=not progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            lr = schedule.lr
+            for step_in_epoch, (images, labels) in enumerate(bar):
+                lr = schedule.lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                teacher_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(images)
+                logits = model(images)
+                loss = _loss(logits, labels, schedule, teacher_logits)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(labels)
+                loss_sum += loss.item() * len(labels)
+                correct += (logits.argmax(1) == labels).sum().item()
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
+            val_accuracy, val_loss = evaluate(model, data, val_indices, channels_last=channels_last)
+            record = EpochRecord(
+                epoch + 1,
+                loss_sum / max(1, seen),
+                correct / max(1, seen),
+                val_loss,
+                val_accuracy,
+                lr,
+                time.perf_counter() - began,
+            )
+            history.append(record)
+            log.info(
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f (%.1fs)",
+                record.epoch,
+                schedule.epochs,
+                record.train_loss,
+                record.train_accuracy,
+                val_loss,
+                val_accuracy,
+                record.seconds,
+            )
+            _save(out_dir, model, optimizer, schedule, history, extra_metrics)
+            if on_epoch is not None:
+                on_epoch(record)
+        if not history or start_epoch >= schedule.epochs:
+            _save(out_dir, model, optimizer, schedule, history, extra_metrics)
+        return history
 
 
 def _save(out_dir: Path, model, optimizer, schedule: Schedule, history, extra_metrics) -> None:

@@ -36,26 +36,17 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
+def finetune_run(run_dir, out, *flags) -> dict:
+    """``acp finetune`` of the run's best architecture for one epoch; returns its metrics.json."""
+    arch = str(run_dir / "best_arch.json")
+    argv = ["finetune", arch, "--epochs", "1", *flags, "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
 def test_finetune_validates_on_the_runs_split_whatever_its_own_seed(run_dir, tmp_path):
     """Bug 1: the finetune seed used to re-draw a random:F split: 'validation' held base-training images."""
-    out = tmp_path / "ft"
-    assert (
-        main(
-            [
-                "finetune",
-                str(run_dir / "best_arch.json"),
-                "--epochs",
-                "1",
-                "--seed",
-                "1",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = finetune_run(run_dir, tmp_path / "ft", "--seed", "1")
     expected = make_splits(load_data("digits:16"), "random:0.2", seed=3).describe()
     assert metrics["split"] == expected
     assert metrics["schedule"]["seed"] == 1  # the training seed is the finetune's own
@@ -63,39 +54,18 @@ def test_finetune_validates_on_the_runs_split_whatever_its_own_seed(run_dir, tmp
 
 def test_finetune_uses_the_runs_finetune_section(run_dir, tmp_path):
     """Bug 2: `acp finetune` ignored [finetune]; flags override single fields of it."""
-    out = tmp_path / "ft"
-    assert (
-        main(
-            [
-                "finetune",
-                str(run_dir / "best_arch.json"),
-                "--epochs",
-                "1",
-                "--lr",
-                "0.04",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    schedule = json.loads((out / "metrics.json").read_text())["schedule"]
+    schedule = finetune_run(run_dir, tmp_path / "ft", "--lr", "0.04")["schedule"]
     assert (schedule["batch_size"], schedule["weight_decay"], schedule["lr"]) == (16, 0.001, 0.04)
 
 
 def test_eval_of_a_run_uses_the_runs_split(run_dir, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert (
-        main(["finetune", str(run_dir / "best_arch.json"), "--epochs", "1", "--out", str(out), "--quiet"])
-        == 0
-    )
+    accuracy = finetune_run(run_dir, out)["val_accuracy_after"]
     capsys.readouterr()
     assert main(["eval", str(out), "--data", "digits:16"]) == 0
     printed = capsys.readouterr().out
     expected = len(make_splits(load_data("digits:16"), "random:0.2", seed=3).val)
     assert f"[val, {expected} images]" in printed
-    accuracy = json.loads((out / "metrics.json").read_text())["val_accuracy_after"]
     assert f"top-1 accuracy {accuracy * 100:.2f}%" in printed
 
 
