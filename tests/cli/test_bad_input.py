@@ -463,8 +463,8 @@ def process_results(files):
 def _check_process_case(files, name: str, result: subprocess.CompletedProcess, seconds: float) -> None:
     _assert_user_error(result.returncode, result.stderr, PROCESS_CASES[name][1])
     assert not files["marker"].exists()  # the payload never ran
-    if name == "unreachable Dask scheduler":
-        assert seconds < 60  # scheduler_timeout = 2 s plus set-up, not a hang
+    # The unreachable scheduler: the message says the 2 s scheduler_timeout fired; a hang would hit
+    # PROCESS_TIMEOUT. No wall-clock bound here: on a loaded machine start-up alone took over 60 s.
     if name.startswith("pickle payload") or name == "unreachable Dask scheduler":
         out_args = [arg for arg in PROCESS_CASES[name][0] if "{new" in arg]
         assert not any(Path(path).exists() for path in _args(files, out_args))  # nothing half-written
