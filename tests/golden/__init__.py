@@ -1,0 +1,1 @@
+"""Golden outputs of the acp command line (see record.py) and the code that extracts them."""
