@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from acp.settings import TRAINING_THREADS, DataSettings, Schedule
 
 
@@ -20,7 +22,8 @@ def train_base(
 ):
     """Train ``model_name`` (optionally from ``weights``) into ``out_dir``: ``weights.pt``, ``metrics.json``,
     ``checkpoint.pt``, ``model.json`` (identity) and ``data.json`` (the data and the split, seed included).
-    Returns the epoch history."""
+    Returns the epoch history. The initial weights are drawn from ``schedule.seed``: the same command
+    gives the same weights, bit for bit."""
     from acp.data import dump_description
     from acp.fileio import atomic_write_json, load_weights_into
     from acp.models import create_model
@@ -29,7 +32,9 @@ def train_base(
     from acp.workflows.problem import load_split_data
 
     images, splits = load_split_data(data)
-    model = create_model(model_name, num_classes=images.num_classes)
+    with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed, not torch's global state
+        torch.manual_seed(schedule.seed)
+        model = create_model(model_name, num_classes=images.num_classes)
     if weights is not None:
         load_weights_into(model, weights)
     check_input_fits(model, images.image_shape, data.spec)

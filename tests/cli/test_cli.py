@@ -202,3 +202,30 @@ def test_weights_with_a_pickle_payload_are_refused_without_running_it(tmp_path):
         "refuses to execute",
     )
     assert not marker.exists()
+
+
+def test_train_is_reproducible_from_its_seed(tmp_path, capsys):
+    """The initial weights follow --seed, not torch's global random state (which differs between calls)."""
+    import torch
+
+    args = [
+        "train",
+        "--model",
+        "resnet8_cifar",
+        "--data",
+        "digits:16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--no-augment",
+        "--quiet",
+    ]
+    torch.manual_seed(1)
+    assert run_in_process(capsys, *args, "--out", str(tmp_path / "a")).returncode == 0
+    torch.manual_seed(2)
+    assert run_in_process(capsys, *args, "--out", str(tmp_path / "b")).returncode == 0
+    assert run_in_process(capsys, *args, "--seed", "5", "--out", str(tmp_path / "c")).returncode == 0
+    a, b, c = (torch.load(tmp_path / name / "weights.pt", weights_only=True) for name in "abc")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)
