@@ -458,8 +458,8 @@ class FinetuneSettings(Section):
     """``[finetune]``: retraining the searched architecture from the base weights.
 
     The recipe fields are declared like ``Schedule``'s; only the defaults that differ for finetuning (a
-    lower learning rate) are stated here. ``threads``: torch threads while training (1 by default: on a
-    busy 2-core machine a second OpenMP thread slowed the demo's training more than tenfold).
+    lower learning rate) are stated here. ``threads``: torch threads while training (None: every core
+    available, ``acp.threads.available_cores``; measured trade-off in ``acp.threads``).
     """
 
     SECTION: ClassVar[str] = "finetune"
@@ -475,7 +475,7 @@ class FinetuneSettings(Section):
     temperature: float = _like(Schedule, "distill_temperature")
     alpha: float = _like(Schedule, "distill_alpha")
     seed: int = _like(Schedule, "seed")
-    threads: int = setting(1, int, *POSITIVE, execution=True)
+    threads: int | None = setting(None, (int, NONE), *POSITIVE, execution=True)  # None: every core
 
     def to_schedule(self, epochs: int | None = None) -> Schedule:
         return Schedule(
@@ -493,7 +493,6 @@ class FinetuneSettings(Section):
         )
 
 
-TRAINING_THREADS = _default(FinetuneSettings, "threads")
 
 
 # --- a whole run configuration ---------------------------------------------------------------------

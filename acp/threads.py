@@ -1,16 +1,30 @@
 """How many torch threads a piece of work runs with, chosen deliberately and restored afterwards.
 
-Small CIFAR-sized models gain little from a second intra-op thread, and on a busy machine OpenMP's
-waiting threads slow small kernels down many times over (the demo's base training had not finished after
-120 s with one of two cores busy; with one thread it took 14 s). Results also depend on the thread count
-(reductions are split differently), so every stage that computes something pins it.
+Measured on 2 cores (benchmarks/RESULTS.md, bench_threads.py): a ResNet-20 training step at batch 128 takes
+0.63x the time with 2 threads on an idle machine and 1.22x with one core busy; the demo's ResNet-8 at
+batch 32 gains less idle (0.77x) and loses 3.3x when a core is busy. So training and evaluation use every
+available core by default (``available_cores``), the demo one thread, and the proxy one thread per worker
+process. Results depend on the thread count (reductions are split differently), so every stage that
+computes something pins it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+
+
+def available_cores() -> int:
+    """``OMP_NUM_THREADS`` when set, else the number of cores this process may run on."""
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -47,7 +47,8 @@ def main() -> None:
     from acp.propose.features import collect_statistics
     from acp.proxy.evaluator import recalibrate_batchnorm
     from acp.prune import materialize
-    from acp.train.loop import Schedule, evaluate, train
+    from acp.settings import Schedule
+    from acp.train.loop import evaluate, train
 
     data = load_data(str(SHARED / "data" / "cifar10" / "train"))
     splits = make_splits(data, "shared")

@@ -22,7 +22,9 @@ def register(commands) -> None:
         type=non_negative_int,
         help="seed of a random:F split (default: the run's [data].seed, else 0)",
     )
-    evaluate.add_argument("--threads", type=positive_int, help="torch threads (default 1)")
+    evaluate.add_argument(
+        "--threads", type=positive_int, help="torch threads (default: every core, or OMP_NUM_THREADS)"
+    )
     evaluate.set_defaults(handler=run)
 
 

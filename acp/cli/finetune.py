@@ -32,7 +32,11 @@ def register(commands) -> None:
     tune.add_argument("--schedule", choices=SCHEDULES)
     tune.add_argument("--label-smoothing", type=float)
     tune.add_argument("--seed", type=non_negative_int, help="seed of shuffling and augmentation")
-    tune.add_argument("--threads", type=positive_int, help="torch threads while training")
+    tune.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch threads while training (default: [finetune].threads, else every core)",
+    )
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(handler=run)
 

@@ -28,7 +28,9 @@ def register(commands) -> None:
     train.add_argument("--split", help="'auto' (default), 'shared', 'tail:K' or 'random:F'")
     train.add_argument("--split-seed", type=non_negative_int, help="seed of a random:F split (default 0)")
     train.add_argument("--seed", type=non_negative_int, help="seed of shuffling, augmentation and init")
-    train.add_argument("--threads", type=positive_int, help="torch threads (default 1)")
+    train.add_argument(
+        "--threads", type=positive_int, help="torch threads (default: every core, or OMP_NUM_THREADS)"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run)
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         resume=args.resume,
         progress=not args.quiet,
-        **({"threads": args.threads} if args.threads else {}),
+        threads=args.threads,
     )
     final = history[-1]
     print(

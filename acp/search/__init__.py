@@ -29,4 +29,12 @@ class _CallableModule(types.ModuleType):
         return search(*args, **kwargs)
 
 
+def __getattr__(name: str):
+    if name == "search":  # ``from acp.search import search`` keeps working: the same entry point
+        from acp.workflows.search import search
+
+        return search
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 sys.modules[__name__].__class__ = _CallableModule

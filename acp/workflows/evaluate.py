@@ -41,8 +41,7 @@ def evaluate(
     import torch
 
     from acp.data import load_data, make_splits
-    from acp.settings import TRAINING_THREADS
-    from acp.threads import torch_threads
+    from acp.threads import available_cores, torch_threads
     from acp.train.loop import evaluate as evaluate_model
 
     if arch is None and model is None:
@@ -68,7 +67,7 @@ def evaluate(
             load_weights_into(network, weights)
     check_input_fits(network, images.image_shape, data)
     indices = {"train": splits.train, "val": splits.val, "all": np.arange(len(images))}[split]
-    with torch_threads(threads or TRAINING_THREADS), torch.no_grad():
+    with torch_threads(threads or available_cores()), torch.no_grad():
         accuracy, loss = evaluate_model(network, images, indices)
     macs, params = count_macs_and_params(network, images.image_shape)
     return Evaluation(accuracy, loss, int(len(indices)), macs, params)

@@ -44,6 +44,7 @@ def finetune(
     """
     from acp.fileio import load_weights_into
     from acp.prune import build_space, load_architecture
+    from acp.threads import available_cores
     from acp.train.finetune import finetune_model
     from acp.workflows.problem import load_split_data
 
@@ -64,6 +65,7 @@ def finetune(
         arch, base, space = load_architecture(arch)
     load_weights_into(base, weights)
     image_data, splits = load_split_data(data_settings)
+    threads = settings.threads or available_cores()
     result = finetune_model(
         arch,
         base,
@@ -74,11 +76,11 @@ def finetune(
         schedule=training_schedule if training_schedule is not None else settings.to_schedule(),
         distill=settings.distill if distill is None else distill,
         resume=resume,
-        threads=settings.threads,
+        threads=threads,
         progress=progress,
         measure_latency_of_models=measure_latency_of_models,
         on_epoch=on_epoch,
-        provenance={"weights": str(weights), "data": str(data_settings.spec)},
+        provenance={"weights": str(weights), "data": str(data_settings.spec), "threads": threads},
     )
     # The retrained model's own record of its data and split, so `acp eval DIR` validates on the same images.
     model = run.model if run is not None else ModelSettings(name=arch.model.name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from acp.settings import TRAINING_THREADS, DataSettings, Schedule
+from acp.settings import DataSettings, Schedule
 
 
 def train_base(
@@ -17,7 +17,7 @@ def train_base(
     *,
     weights: str | None = None,
     resume: bool = False,
-    threads: int = TRAINING_THREADS,
+    threads: int | None = None,
     progress: bool = True,
 ):
     """Train ``model_name`` (optionally from ``weights``) into ``out_dir``: ``weights.pt``, ``metrics.json``,
@@ -27,6 +27,7 @@ def train_base(
     from acp.data import dump_description
     from acp.fileio import atomic_write_json, load_weights_into
     from acp.models import create_model
+    from acp.threads import available_cores
     from acp.train.loop import train
     from acp.workflows.evaluate import check_input_fits
     from acp.workflows.problem import load_split_data
@@ -52,5 +53,5 @@ def train_base(
         out_dir,
         resume=resume,
         progress=progress,
-        threads=threads,
+        threads=threads or available_cores(),
     )

@@ -202,7 +202,22 @@ def test_training_pins_its_threads(tmp_path):
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-    assert FinetuneSettings().threads == 1
+    assert FinetuneSettings().threads is None  # every available core, resolved by the workflow
+
+
+def test_available_cores_follow_omp_num_threads(monkeypatch):
+    import os
+
+    from acp.threads import available_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert available_cores() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_finetune_records_its_threads(run_dir, tmp_path):
+    assert finetune_run(run_dir, tmp_path / "one", "--threads", "1")["threads"] == 1
 
 
 def test_settings_round_trip_through_toml(tmp_path):
