@@ -147,10 +147,10 @@ def _coerce(value: Any, kinds: tuple[type, ...]) -> Any:
             return float(value)
         except OverflowError:  # TOML integers are unbounded; a float field cannot hold 10**400
             raise TypeError from None
-    if int in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool | int):
+    if int in kinds and isinstance(value, numbers.Integral) and type(value) is not int:
         return int(value)  # numpy integers
-    if float in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool | float):
-        return float(value)  # numpy floats
+    if float in kinds and isinstance(value, numbers.Real) and type(value) is not float:
+        return float(value)  # numpy floats (np.float64 is a float subclass whose repr is not TOML)
     if list in kinds and isinstance(value, tuple):
         return list(value)
     if not isinstance(value, kinds):

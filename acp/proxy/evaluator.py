@@ -393,7 +393,10 @@ class ProxyEvaluator:
 
     def _compute_token(self) -> str:
         digest = hashlib.sha256()
-        digest.update(repr(sorted(asdict(self.settings).items())).encode())
+        # validation_images is left out: the data fingerprint covers the slice (and runs made before the
+        # field moved into ProxySettings keep their token, so they still resume)
+        scoring = {k: v for k, v in asdict(self.settings).items() if k != "validation_images"}
+        digest.update(repr(sorted(scoring.items())).encode())
         digest.update(self.data.fingerprint().encode())
         digest.update(repr([(g.id, g.full_width) for g in self.space.groups]).encode())
         for name, tensor in self._base.state_dict().items():

@@ -10,6 +10,7 @@ directory records those settings in its own ``config.toml``, so ``acp eval DIR``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def finetune(
     from acp.train.finetune import finetune_model
     from acp.workflows.problem import load_split_data
 
+    unknown = sorted(set(recipe) - {spec.name for spec in dataclasses.fields(FinetuneSettings)})
+    if unknown:
+        raise UserError(
+            f"finetune: unknown setting {unknown[0]!r} (the [finetune] fields are "
+            f"{', '.join(spec.name for spec in dataclasses.fields(FinetuneSettings))}; a whole "
+            "training recipe is training_schedule=Schedule(...))"
+        )
     run = None if isinstance(arch, Architecture) else rundir.run_settings_near(arch)
     settings = (run.finetune if run is not None else FinetuneSettings()).replace(**recipe)
     data_settings = _data_settings(run, data, split, split_seed)
@@ -84,9 +92,18 @@ def finetune(
     )
     # The retrained model's own record of its data and split, so `acp eval DIR` validates on the same images.
     model = run.model if run is not None else ModelSettings(name=arch.model.name)
-    recorded = RunSettings(model=model.replace(weights=str(weights)), data=data_settings, finetune=settings)
+    recorded = RunSettings(
+        model=model.replace(weights=os.path.abspath(weights)),
+        data=data_settings.replace(spec=absolute_spec(data_settings.spec)),
+        finetune=settings,
+    )
     rundir.write_run_settings(Path(out_dir), recorded)
     return result
+
+
+def absolute_spec(spec: str) -> str:
+    """A data spec that still names the same images when read from another directory."""
+    return spec if spec == "digits" or spec.startswith("digits:") else os.path.abspath(spec)
 
 
 def _data_settings(run, spec: str | None, split: str | None, seed: int | None) -> DataSettings:

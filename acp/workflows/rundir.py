@@ -56,12 +56,19 @@ def write_run_settings(run_dir: Path, settings: RunSettings) -> None:
 
 def run_settings_near(arch_path: str | Path) -> RunSettings | None:
     """The settings of the run an architecture file belongs to: ``config.toml`` beside it (a search run's
-    ``best_arch.json``) or one level up (``DIR/finetune/arch.json`` of ``acp run``); None otherwise."""
+    ``best_arch.json``, or a finetune directory's own) or, for ``DIR/finetune`` of ``acp run``, the run's;
+    None otherwise (a ``config.toml`` of some other tool one folder up is never read)."""
     arch_path = Path(arch_path)
     folder = arch_path if arch_path.is_dir() else arch_path.parent
-    for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
-        if candidate.is_file():
-            return load_settings(candidate)
+    if (folder / CONFIG_FILE).is_file():
+        return load_settings(folder / CONFIG_FILE)
+    parent = folder.parent
+    if (
+        folder.name == FINETUNE_DIR
+        and (parent / CONFIG_FILE).is_file()
+        and (parent / BEST_ARCH_FILE).is_file()
+    ):
+        return load_settings(parent / CONFIG_FILE)  # DIR/finetune of `acp run`, written before it had its own
     return None
 
 

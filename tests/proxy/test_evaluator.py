@@ -412,3 +412,16 @@ def test_release_freed_memory_trims_the_heap_on_glibc():
     from acp.proxy.memory import release_freed_memory
 
     assert release_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_token_ignores_validation_images(setup):
+    """The proxy-validation slice is covered by the data fingerprint; keeping the field out of the token
+    keeps the tokens (and so the resume fingerprints) of runs made before it joined ProxySettings."""
+    model, space, criterion, proxy_data = setup
+    tokens = {
+        ProxyEvaluator(model, space, criterion, proxy_data, SETTINGS.replace(validation_images=count)).token
+        for count in (100, 2000)
+    }
+    assert len(tokens) == 1
+    changed = ProxyEvaluator(model, space, criterion, proxy_data, SETTINGS.replace(calibration_batches=3))
+    assert changed.token not in tokens

@@ -256,3 +256,54 @@ def test_a_stage_reads_no_run_configuration():
             readers.add(path.relative_to(package).parts[0])
     assert readers <= {"workflows", "settings.py", "__init__.py"}, readers
     assert np.all([True])
+
+
+def test_a_foreign_config_one_folder_up_is_not_read(run_dir, tmp_path, capsys):
+    """Only a run's own config.toml counts: an arch copied below some other project's config.toml is
+    evaluated with the defaults, not with that file (which would not even parse)."""
+    folder = tmp_path / "project" / "archs"
+    folder.mkdir(parents=True)
+    (tmp_path / "project" / "config.toml").write_text("[tool]\nx = 1\n")
+    out = tmp_path / "ft"
+    finetune_run(run_dir, out)
+    (folder / "arch.json").write_text((out / "arch.json").read_text())
+    (folder / "weights.pt").write_bytes((out / "weights.pt").read_bytes())
+    capsys.readouterr()
+    assert main(["eval", str(folder / "arch.json"), "--data", "digits:16"]) == 0
+    assert "[val, " in capsys.readouterr().out
+
+
+def test_a_finetune_records_absolute_paths(run_dir, tmp_path, monkeypatch):
+    """The finetune directory's config.toml names the base weights absolutely, so a finetune of the
+    finetuned model from another working directory finds them."""
+    weights = run_dir.parent / "weights.pt"
+    monkeypatch.chdir(run_dir.parent)
+    out = tmp_path / "ft"
+    finetune_run(run_dir, out, "--weights", "weights.pt")
+    recorded = load_settings(out / "config.toml")
+    assert recorded.model.weights == str(weights) and recorded.data.spec == "digits:16"
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            ["finetune", str(out / "arch.json"), "--epochs", "1", "--out", str(tmp_path / "again"), "--quiet"]
+        )
+        == 0
+    )
+
+
+def test_unknown_finetune_settings_are_user_errors(run_dir, tmp_path):
+    from acp.workflows.finetune import finetune
+
+    with pytest.raises(UserError, match="unknown setting 'epoch'"):
+        finetune(run_dir / "best_arch.json", out_dir=tmp_path / "x", epoch=1)
+
+
+def test_numpy_numbers_are_written_as_toml_numbers():
+    from acp.settings import ModelSettings, SpaceSettings
+
+    settings = RunSettings(
+        model=ModelSettings(name="resnet8_cifar"),
+        space=SpaceSettings(min_keep=np.float64(0.2), round_to=np.int64(8)),
+    )
+    assert type(settings.space.min_keep) is float and type(settings.space.round_to) is int
+    assert "min_keep = 0.2" in settings.to_toml() and "round_to = 8" in settings.to_toml()
