@@ -104,6 +104,17 @@ def finetune_model(
     return FinetuneResult(out_dir, pruned, arch, metrics)
 
 
+def check_same_split(stored: dict | None, splits, out_dir) -> None:
+    """A resumed training run must keep its split: another one would validate on training images."""
+    if stored is not None and stored != splits.describe():
+        now = splits.describe()
+        raise UserError(
+            f"--resume {out_dir}: it was trained on split {stored.get('method')!r} "
+            f"(seed {stored.get('seed')}), now {now['method']!r} (seed {now['seed']}); "
+            "resume with the same --split/--split-seed"
+        )
+
+
 def _before_metrics(out_dir, resume, base, pruned, arch, image_data, splits, with_latency) -> dict:
     """Accuracy of base and freshly pruned model, cost and latency — computed once, kept across resumes."""
     from acp.latency.measure import measure_latency
@@ -112,7 +123,9 @@ def _before_metrics(out_dir, resume, base, pruned, arch, image_data, splits, wit
     if resume and path.is_file():
         import json
 
-        return json.loads(path.read_text())
+        before = json.loads(path.read_text())
+        check_same_split(before.get("split"), splits, out_dir)
+        return before
     base_accuracy, base_loss = evaluate(base, image_data, splits.val)
     pruned_accuracy, pruned_loss = evaluate(pruned, image_data, splits.val)
     metrics = {

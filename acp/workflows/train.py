@@ -40,6 +40,12 @@ def train_base(
         load_weights_into(model, weights)
     check_input_fits(model, images.image_shape, data.spec)
     out_dir = Path(out_dir)
+    if resume and (out_dir / "data.json").is_file():
+        import json
+
+        from acp.train.finetune import check_same_split
+
+        check_same_split(json.loads((out_dir / "data.json").read_text()).get("split"), splits, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {"name": model_name, "num_classes": images.num_classes, "input_size": list(images.image_shape)}
     atomic_write_json(out_dir / "model.json", identity)

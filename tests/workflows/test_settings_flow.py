@@ -307,3 +307,48 @@ def test_numpy_numbers_are_written_as_toml_numbers():
     )
     assert type(settings.space.min_keep) is float and type(settings.space.round_to) is int
     assert "min_keep = 0.2" in settings.to_toml() and "round_to = 8" in settings.to_toml()
+
+
+def test_a_resume_keeps_its_split(tmp_path, capsys):
+    """acp train --resume with another split seed used to go on, validating on training images."""
+    args = [
+        "train",
+        "--model",
+        "resnet8_cifar",
+        "--data",
+        "digits:16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--split",
+        "random:0.2",
+        "--no-augment",
+        "--quiet",
+        "--out",
+        str(tmp_path / "base"),
+    ]
+    assert main(args) == 0
+    before = (tmp_path / "base" / "data.json").read_text()
+    code, err = run_cli(capsys, *[a if a != "1" else "2" for a in args], "--resume", "--split-seed", "7")
+    assert code == 2 and "resume with the same --split/--split-seed" in err
+    assert (tmp_path / "base" / "data.json").read_text() == before
+
+
+def test_a_finetune_resume_keeps_its_split(run_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    finetune_run(run_dir, out)
+    code, err = run_cli(
+        capsys,
+        "finetune",
+        str(run_dir / "best_arch.json"),
+        "--epochs",
+        "2",
+        "--resume",
+        "--split-seed",
+        "9",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert code == 2 and "resume with the same --split/--split-seed" in err
