@@ -24,6 +24,76 @@ def update_section(title: str, lines: list[str], path: Path = RESULTS) -> None:
     atomic_write_text(path, updated)
 
 
+FINETUNE_SUBSET_IMAGES = 8000  # the fixed short finetune of the fidelity benchmarks (1 epoch on these)
+SELECTION_IMAGES = 5000
+SELECTION_SEED = 20261202
+
+
+def proxy_slice_indices(labels, train_indices, *, calibration_images: int, validation_images: int, seed: int):
+    """(calibration, proxy-validation) indices exactly as ``ProxyData.from_image_data`` carves them from
+    ``train_indices`` (sorted; the calibration order the proxy batches in is a seeded shuffle of these).
+
+    For one ``seed`` and ``calibration_images``, the validation slices are nested: the first ``v`` images
+    per class of one seeded shuffle, so a 5,000-image slice holds the 2,000-image one.
+    """
+    import numpy as np
+
+    from acp.data import take_stratified
+
+    train = np.unique(np.asarray(train_indices, dtype=np.int64))
+    calibration = take_stratified(train, labels, calibration_images, seed=seed)
+    rest = np.setdiff1d(train, calibration, assume_unique=True)
+    return calibration, take_stratified(rest, labels, validation_images, seed=seed + 1)
+
+
+def finetune_subset(labels, train_indices, count: int = FINETUNE_SUBSET_IMAGES, *, seed: int = 0):
+    """The fixed stratified training subset the fidelity benchmarks finetune every candidate on."""
+    from acp.data import take_stratified
+
+    return take_stratified(train_indices, labels, count, seed=seed)
+
+
+def selection_indices(
+    labels,
+    train_indices,
+    *,
+    proxy_seed: int = 0,
+    calibration_images=(1280,),
+    validation_images: int = 5000,
+    finetune_images: int = FINETUNE_SUBSET_IMAGES,
+    finetune_seed: int = 0,
+    count: int = SELECTION_IMAGES,
+    seed: int = SELECTION_SEED,
+):
+    """The "selection" slice: ``count`` class-balanced images of the training split for ground truth in
+    design studies, so design choices are not made on the reporting (validation) split.
+
+    Disjoint from the proxy's calibration and proxy-validation images (as ``default_proxy_data`` carves
+    them with the run's ``proxy_seed``: for each calibration size in ``calibration_images`` -- default
+    20 x 64 -- and proxy-validation slices up to ``validation_images``, which covers every smaller slice)
+    and from the finetune subset (:func:`finetune_subset`). The base model was trained on these images,
+    so accuracies on them run higher than on the validation split; use them for rankings.
+    """
+    import numpy as np
+
+    from acp.data import take_stratified
+
+    train = np.unique(np.asarray(train_indices, dtype=np.int64))
+    if isinstance(calibration_images, int):
+        calibration_images = (calibration_images,)
+    excluded = [finetune_subset(labels, train, finetune_images, seed=finetune_seed)]
+    for size in calibration_images:
+        excluded.extend(
+            proxy_slice_indices(
+                labels, train, calibration_images=size, validation_images=validation_images, seed=proxy_seed
+            )
+        )
+    pool = np.setdiff1d(train, np.concatenate(excluded))
+    if len(pool) < count:
+        raise ValueError(f"selection slice: only {len(pool)} training images left, {count} asked for")
+    return take_stratified(pool, labels, count, seed=seed)
+
+
 def provenance_lines(script: str, machine: str = "", versions: dict[str, str] | None = None) -> list[str]:
     """The Command / Date and machine / Versions lines every RESULTS.md section starts with."""
     import datetime

@@ -1,0 +1,722 @@
+"""Fidelity of the proxy among the candidates a search chooses between: the top of a PSO run.
+
+    python benchmarks/bench_top_fidelity.py [--run /tmp/acp14/pso30] [--top 20]
+        [--work /tmp/acp14/top_fidelity] [--stages variants,truth0,truth1,timing] [--shard I/N]
+        [--threads 1] [--repeats 3] [--quick] [--no-write]
+
+Candidates: the ``--top`` distinct width vectors of a finished ``acp search`` run by recorded proxy score
+(``history.sqlite``), plus the clustering proposal (iteration 0, particle 0) and the uniform candidate
+(iteration 0, particle 1) as references; each is materialized with the run's channel rankings
+(``proposal.json``).
+
+Ground truth ("truth"): accuracy on the *selection* slice (``bench_common.selection_indices``: 5,000
+class-balanced training images disjoint from the proxy's slices and the finetune subset; never the
+validation split) after one fixed short finetune: 1 epoch on a fixed stratified 8,000-image subset of the
+training split, SGD nesterov lr 0.05 cosine, wd 5e-4, batch 128, crop+flip, seed 0 (stage ``truth0``) and
+seed 1 (``truth1``, the noise ceiling).
+
+Proxy variants (stage ``variants``) on the same candidates, from two passes per candidate over the run's
+own proxy slices (the same seed; proxy-validation slices of 500/1,000/2,000/5,000 images are nested, the
+2,000 are the search's): (A) BatchNorm recalibration snapshots after K = 5, 10, 20 batches of 64, scored on
+the validation slices; (B) 20/50/100 SGD steps (the evaluator's finetune recipe: lr 0.01, momentum 0.9,
+wd 5e-4, cycling over the 20 calibration batches) snapshotted from one run, each recalibrated on 20
+batches and scored; the training losses of the steps give trainability signals. Stage ``timing`` times a
+real ``ProxyEvaluator`` per cost class (alternating, ``--repeats``, median CPU and wall seconds) and
+checks that its scores equal the cached variant scores.
+
+Everything is cached as JSON lines under ``--work`` (resumable); ``--shard I/N`` splits the candidates so
+two processes can run side by side. Results go to benchmarks/RESULTS.md, section "Proxy fidelity among
+top candidates (bench_top_fidelity.py)", unless ``--no-write`` (a sharded run never writes).
+``--quick``: random candidates, tiny slices and finetunes, for a smoke test (needs no run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    finetune_subset,
+    provenance_lines,
+    proxy_slice_indices,
+    selection_indices,
+    update_section,
+)
+from bench_proxy_fidelity import append_jsonl, per_image, read_jsonl  # noqa: E402
+
+TITLE = "Proxy fidelity among top candidates (bench_top_fidelity.py)"
+CALIBRATION_BATCH = 64
+STAGES = ("truth0", "variants", "truth1", "timing")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one study (the full one or ``--quick``)."""
+
+    top: int = 20
+    calibration_batches: tuple[int, ...] = (5, 10, 20)  # the last is the default (and the steps' recal)
+    validation: tuple[int, ...] = (500, 1000, 2000, 5000)  # nested; 2000 is the default
+    default_validation: int = 2000
+    steps: tuple[int, ...] = (20, 50, 100)
+    finetune_images: int = 8000
+    selection_images: int = 5000
+    repeats: int = 3
+    timing_candidates: int = 1
+    # timed cost classes: (calibration batches, validation images, finetune steps)
+    timing: tuple[tuple[int, int, int], ...] = field(default=())
+
+    def cost_classes(self) -> tuple[tuple[int, int, int], ...]:
+        if self.timing:
+            return self.timing
+        full = self.calibration_batches[-1]
+        cheap = [
+            (k, v, 0) for k in self.calibration_batches for v in self.validation if v <= 2000 or k == full
+        ]
+        steps = [(full, v, n) for n in self.steps for v in (self.default_validation, self.validation[-1])]
+        return tuple(dict.fromkeys(cheap + steps))
+
+
+FULL = Plan()
+QUICK = Plan(
+    top=3,
+    calibration_batches=(2, 4),
+    validation=(100, 200, 400),
+    default_validation=200,
+    steps=(2, 4),
+    finetune_images=256,
+    selection_images=300,
+    repeats=1,
+    timing=((4, 200, 0), (2, 100, 0), (4, 200, 2)),
+)
+
+
+def key_of(widths) -> str:
+    return ",".join(str(int(w)) for w in widths)
+
+
+# --- set-up ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    plan: Plan
+    model: torch.nn.Module
+    space: object
+    evaluator: object  # ProxyEvaluator with the run's settings: builds Architectures, materializes
+    data: object
+    proxy: object  # ProxyData: calibration batches + the largest validation slice
+    positions: dict[int, np.ndarray]  # validation size -> positions inside proxy.validation_*
+    train_subset: np.ndarray
+    selection: np.ndarray
+    candidates: list[dict]  # {"key", "widths", "role", "search_score", "rank"}
+    seed: int
+    criterion: object  # the channel rankings (for extra evaluators)
+
+
+def load_run(run_dir: Path, plan: Plan, threads: int) -> Study:
+    from acp.proxy.evaluator import ProxyEvaluator, default_proxy_data
+    from acp.settings import load_settings
+    from acp.workflows.problem import load_problem
+    from acp.workflows.rundir import CONFIG_FILE, read_proposal
+
+    settings = load_settings(run_dir / CONFIG_FILE)
+    problem = load_problem(settings, require_weights=True)
+    data, splits = problem.data()
+    _, criterion = read_proposal(run_dir, problem.space)
+    seed = settings.data.seed
+    proxy_settings = settings.proxy.replace(threads=threads)
+    study = _study(plan, problem.model, problem.space, criterion, problem.identity, data, splits, seed)
+    # the default's slices are exactly the search's: its recomputed scores must equal history.sqlite's
+    search_data = default_proxy_data(data, splits.train, proxy_settings, seed=seed)
+    positions = study.positions[proxy_settings.validation_images]
+    assert torch.equal(search_data.validation_images, study.proxy.validation_images[positions])
+    assert torch.equal(search_data.calibration_images, study.proxy.calibration_images)
+    study.evaluator = ProxyEvaluator(
+        problem.model, problem.space, criterion, search_data, proxy_settings, identity=problem.identity
+    )
+    study.candidates = top_candidates(run_dir / "history.sqlite", plan.top)
+    return study
+
+
+def load_quick(plan: Plan, threads: int) -> Study:
+    from bench_proxy import CIFAR, candidates_at_budget, load_base
+
+    from acp.data import load_data, make_splits
+    from acp.propose.criteria import make_criterion
+
+    data = load_data(str(CIFAR))
+    splits = make_splits(data, "shared")
+    model, identity, space = load_base("resnet20_cifar")
+    criterion = make_criterion("l1", space, model=model)
+    study = _study(plan, model, space, criterion, identity, data, splits, 0)
+    widths = candidates_at_budget(space, plan.top + 1, 0.3, seed=1, tolerance=0.03)
+    study.candidates = [
+        {
+            "key": key_of(w),
+            "widths": [int(x) for x in w],
+            "role": "top" if i else "proposal",
+            "search_score": None,
+            "rank": i or None,
+        }
+        for i, w in enumerate(widths)
+    ]
+    return study
+
+
+def _study(plan, model, space, criterion, identity, data, splits, seed) -> Study:
+    from acp.proxy.data import ProxyData
+    from acp.proxy.evaluator import ProxyEvaluator
+    from acp.settings import ProxySettings
+
+    calibration_images = plan.calibration_batches[-1] * CALIBRATION_BATCH
+    proxy = ProxyData.from_image_data(
+        data,
+        splits.train,
+        calibration_images=calibration_images,
+        validation_images=plan.validation[-1],
+        seed=seed,
+    )
+    largest = proxy_slice_indices(
+        data.labels,
+        splits.train,
+        calibration_images=calibration_images,
+        validation_images=plan.validation[-1],
+        seed=seed,
+    )[1]
+    positions = {}
+    for size in plan.validation:
+        indices = proxy_slice_indices(
+            data.labels,
+            splits.train,
+            calibration_images=calibration_images,
+            validation_images=size,
+            seed=seed,
+        )[1]
+        positions[size] = np.searchsorted(largest, indices)
+        assert np.array_equal(largest[positions[size]], indices), "validation slices are not nested"
+    train_subset = finetune_subset(data.labels, splits.train, plan.finetune_images)
+    selection = selection_indices(
+        data.labels,
+        splits.train,
+        proxy_seed=seed,
+        calibration_images=(calibration_images,),
+        validation_images=plan.validation[-1],
+        finetune_images=plan.finetune_images,
+        count=plan.selection_images,
+    )
+    used = np.concatenate([train_subset, largest])
+    assert not np.intersect1d(selection, used).size and not np.intersect1d(selection, splits.val).size
+    settings = ProxySettings(
+        calibration_batches=plan.calibration_batches[-1], validation_images=plan.validation[-1]
+    )
+    evaluator = ProxyEvaluator(model, space, criterion, proxy, settings, identity=identity)
+    return Study(
+        plan, model, space, evaluator, data, proxy, positions, train_subset, selection, [], seed, criterion
+    )
+
+
+def top_candidates(history: Path, top: int) -> list[dict]:
+    """The ``top`` distinct width vectors by recorded score, then the proposal and the uniform candidate."""
+    with sqlite3.connect(f"file:{history}?mode=ro", uri=True) as connection:
+        rows = connection.execute(
+            "SELECT iteration, particle, widths, score FROM evaluations WHERE status = 'ok' "
+            "ORDER BY score DESC, id"
+        ).fetchall()
+        references = {
+            particle: json.loads(widths)
+            for particle, widths in connection.execute(
+                "SELECT particle, widths FROM evaluations WHERE iteration = 0 AND particle IN (0, 1)"
+            )
+        }
+    scores = {}
+    for _, _, widths, score in rows:
+        scores.setdefault(key_of(json.loads(widths)), score)
+    candidates = []
+    for rank, (key, score) in enumerate(list(scores.items())[:top], start=1):
+        candidates.append(
+            {
+                "key": key,
+                "widths": [int(w) for w in key.split(",")],
+                "role": "top",
+                "search_score": score,
+                "rank": rank,
+            }
+        )
+    for particle, role in ((0, "proposal"), (1, "uniform")):
+        key = key_of(references[particle])
+        if key not in {c["key"] for c in candidates}:
+            candidates.append(
+                {
+                    "key": key,
+                    "widths": references[particle],
+                    "role": role,
+                    "search_score": scores.get(key),
+                    "rank": None,
+                }
+            )
+        else:
+            next(c for c in candidates if c["key"] == key)["role"] += f"+{role}"
+    return candidates
+
+
+# --- stages ------------------------------------------------------------------------------------------
+
+
+def score_slices(study: Study, model) -> dict[str, list]:
+    """Per validation size: [correct, mean loss] of a recalibrated ``model`` on the nested slices."""
+    correct, losses = per_image(model, study.proxy.validation_images, study.proxy.validation_labels)
+    return {
+        str(size): [int(correct[p].sum()), float(losses[p].mean())] for size, p in study.positions.items()
+    }
+
+
+def variants(study: Study, widths) -> dict:
+    """Pass A (recalibration snapshots after K batches) and pass B (finetune-step snapshots)."""
+    from acp.proxy.evaluator import batchnorm_layers, recalibrate_batchnorm
+    from acp.prune import materialize
+
+    plan, proxy = study.plan, study.proxy
+    began = time.perf_counter()
+    arch = study.evaluator.architecture(widths)
+    model = materialize(study.model, arch, study.space).eval()
+    batches = proxy.calibration_batches(CALIBRATION_BATCH, plan.calibration_batches[-1])
+    labels = [
+        proxy.calibration_labels[i * CALIBRATION_BATCH : (i + 1) * CALIBRATION_BATCH]
+        for i in range(len(batches))
+    ]
+    record: dict = {}
+    norms = batchnorm_layers(model)
+    for norm in norms:  # the evaluator's recalibration, one cumulative pass, snapshots at each K
+        norm.reset_running_stats()
+        norm.momentum = None
+    for index, batch in enumerate(batches, start=1):
+        for norm in norms:
+            norm.train()
+        with torch.inference_mode():
+            model(batch)
+        if index in plan.calibration_batches:
+            scores = score_slices(study, model)
+            if index != plan.calibration_batches[-1]:  # small K: only the slices a cheap proxy would use
+                scores = {s: v for s, v in scores.items() if int(s) <= plan.default_validation}
+            record[f"K{index}"] = scores
+    record["A/seconds"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    model = materialize(study.model, arch, study.space)
+    settings = study.evaluator.settings
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.finetune_lr,
+        momentum=settings.finetune_momentum,
+        weight_decay=settings.finetune_weight_decay,
+    )
+    train_losses = []
+    model.train()
+    # exactly ProxyEvaluator._finetune (checked by the timing stage): a constant lr, so the snapshot after
+    # n steps of one long run is the model an n-step evaluation trains
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(settings.finetune_seed)
+        for step in range(1, max(plan.steps) + 1):
+            loss = torch.nn.functional.cross_entropy(
+                model(batches[(step - 1) % len(batches)]), labels[(step - 1) % len(batches)]
+            )
+            train_losses.append(float(loss))
+            if not torch.isfinite(loss):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step in plan.steps:
+                snapshot = copy.deepcopy(model)
+                recalibrate_batchnorm(snapshot, batches)
+                record[f"S{step}"] = score_slices(study, snapshot)
+                model.train()
+    record["train_losses"] = train_losses
+    record["B/seconds"] = time.perf_counter() - began
+    return record
+
+
+def finetune_truth(study: Study, widths, seed: int, threads: int) -> dict:
+    from acp.prune import materialize
+    from acp.settings import Schedule
+    from acp.train.loop import train
+
+    model = materialize(study.model, study.evaluator.architecture(widths), study.space)
+    # channels_last=False: oneDNN's channels-last backward crashed on some pruned shapes
+    # (see bench_proxy_fidelity)
+    schedule = Schedule(
+        epochs=1,
+        batch_size=128,
+        lr=0.05,
+        schedule="cosine",
+        weight_decay=5e-4,
+        augment=True,
+        seed=seed,
+        channels_last=False,
+    )
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        history = train(
+            model,
+            study.data,
+            study.train_subset,
+            study.selection,
+            schedule,
+            out,
+            progress=False,
+            threads=threads,
+        )
+    return {
+        "accuracy": history[-1].val_accuracy,
+        "loss": history[-1].val_loss,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def timing(study: Study, work: Path, threads: int) -> None:
+    """CPU and wall seconds of real ProxyEvaluator evaluations per cost class, alternating classes."""
+    from acp.proxy.data import ProxyData
+    from acp.proxy.evaluator import ProxyEvaluator
+
+    plan, proxy = study.plan, study.proxy
+    cached = read_jsonl(work / "variants.jsonl")
+    evaluators = {}
+    for k, v, n in plan.cost_classes():
+        positions = study.positions[v]
+        data = ProxyData(
+            proxy.calibration_images,
+            proxy.calibration_labels,
+            proxy.validation_images[positions],
+            proxy.validation_labels[positions],
+        )
+        settings = study.evaluator.settings.replace(
+            calibration_batches=k, validation_images=v, finetune_steps=n, threads=threads, cache_size=0
+        )
+        evaluators[(k, v, n)] = ProxyEvaluator(study.model, study.space, study.criterion, data, settings)
+    tops = [c for c in study.candidates if c["role"].startswith("top")][: plan.timing_candidates]
+    path = work / "timing.jsonl"
+    for repeat in range(plan.repeats):
+        for candidate in tops:
+            for (k, v, n), evaluator in evaluators.items():
+                cpu = time.process_time()
+                result = evaluator.evaluate(candidate["widths"])
+                cpu = time.process_time() - cpu
+                reference = cached.get(candidate["key"], {}).get(f"S{n}" if n else f"K{k}", {}).get(str(v))
+                record = {
+                    "key": f"{k},{v},{n},{candidate['key']},{repeat}",
+                    "class": [k, v, n],
+                    "cpu": cpu,
+                    "wall": result.seconds,
+                    "loss": result.loss,
+                    "loss_diff": None if reference is None else abs(result.loss - reference[1]),
+                    "correct_diff": None if reference is None else round(result.accuracy * v) - reference[0],
+                }
+                append_jsonl(path, record)
+                print(
+                    f"timing K{k} V{v} S{n}: cpu {cpu:.2f}s wall {result.seconds:.2f}s "
+                    f"loss diff {record['loss_diff']}",
+                    flush=True,
+                )
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+
+def variant_table(plan: Plan) -> list[tuple[str, object, tuple[int, int, int]]]:
+    """(label, record -> score (higher = better), timed cost class)."""
+    full, default_v = plan.calibration_batches[-1], plan.default_validation
+
+    def acc(block, size):
+        return lambda r: (r[block][str(size)][0] + 1 / (1 + r[block][str(size)][1])) / size
+
+    def neg_loss(block, size):
+        return lambda r: -r[block][str(size)][1]
+
+    rows = [
+        (
+            f"today's default: K={full}x64, V={default_v}, accuracy score",
+            acc(f"K{full}", default_v),
+            (full, default_v, 0),
+        ),
+        (f"loss score (K={full}, V={default_v})", neg_loss(f"K{full}", default_v), (full, default_v, 0)),
+    ]
+    for k in plan.calibration_batches[:-1]:
+        rows.append((f"K={k}, V={default_v}, accuracy", acc(f"K{k}", default_v), (k, default_v, 0)))
+        rows.append((f"K={k}, V={default_v}, loss", neg_loss(f"K{k}", default_v), (k, default_v, 0)))
+    for k in plan.calibration_batches:
+        for v in plan.validation:
+            if v < default_v:
+                rows.append((f"K={k}, V={v}, loss", neg_loss(f"K{k}", v), (k, v, 0)))
+    last = plan.validation[-1]
+    rows.append((f"K={full}, V={last}, accuracy", acc(f"K{full}", last), (full, last, 0)))
+    rows.append((f"K={full}, V={last}, loss", neg_loss(f"K{full}", last), (full, last, 0)))
+    for n in plan.steps:
+        for v in (default_v, last):
+            rows.append((f"{n} steps + recal, V={v}, loss", neg_loss(f"S{n}", v), (full, v, n)))
+            rows.append((f"{n} steps + recal, V={v}, accuracy", acc(f"S{n}", v), (full, v, n)))
+    for n in plan.steps:
+        tail = max(1, min(10, n // 2))
+        rows.append(
+            (
+                f"-train loss, mean of steps {n - tail + 1}-{n}",
+                lambda r, n=n, t=tail: -float(np.mean(r["train_losses"][n - t : n])),
+                (full, default_v, n),
+            )
+        )
+        rows.append(
+            (
+                f"train-loss decrease over {n} steps (first {tail} - last {tail})",
+                lambda r, n=n, t=tail: float(
+                    np.mean(r["train_losses"][:t]) - np.mean(r["train_losses"][n - t : n])
+                ),
+                (full, default_v, n),
+            )
+        )
+    return rows
+
+
+def agreement(proxy: list[float], truth: list[float]) -> dict:
+    from scipy.stats import kendalltau, spearmanr
+
+    proxy, truth = np.asarray(proxy), np.asarray(truth)
+    pick = int(np.argmax(proxy))
+    top5 = min(5, len(proxy))
+    return {
+        "spearman": float(spearmanr(proxy, truth).statistic),
+        "kendall": float(kendalltau(proxy, truth).statistic),
+        "top1": pick == int(np.argmax(truth)),
+        "top5": len(set(np.argsort(-proxy)[:top5]) & set(np.argsort(-truth)[:top5])),
+        "regret": float(truth.max() - truth[pick]),
+    }
+
+
+def report(study: Study, work: Path, started: datetime.datetime, write: bool) -> None:
+    plan = study.plan
+    proxies = read_jsonl(work / "variants.jsonl")
+    truths = read_jsonl(work / "truth.jsonl")
+    cands = [c for c in study.candidates if c["key"] in proxies and f"{c['key']}|0" in truths]
+    tops = [c for c in cands if c["role"].startswith("top")]
+    if len(tops) < 3:
+        print(f"only {len(tops)} top candidates have proxies and a seed-0 finetune; no report yet")
+        return
+    seeds = [s for s in (0, 1) if all(f"{c['key']}|{s}" in truths for c in cands)]
+    truth0 = {c["key"]: truths[f"{c['key']}|0"]["accuracy"] for c in cands}
+    truth_mean = {
+        c["key"]: float(np.mean([truths[f"{c['key']}|{s}"]["accuracy"] for s in seeds])) for c in cands
+    }
+    timings: dict[tuple, list] = {}
+    for record in read_jsonl(work / "timing.jsonl").values():
+        timings.setdefault(tuple(record["class"]), []).append(record)
+    default_class = (plan.calibration_batches[-1], plan.default_validation, 0)
+
+    def cpu_of(cost):
+        return statistics.median(r["cpu"] for r in timings[cost]) if cost in timings else None
+
+    base_cpu = cpu_of(default_class)
+    lines = provenance_lines(
+        "bench_top_fidelity.py", f"torch threads = 1, load average {_load():.1f} at report"
+    )
+    lines += ["", "How the cached results were made (each invocation, from the work directory's log):", ""]
+    for entry in (work / "commands.log").read_text().splitlines() if (work / "commands.log").exists() else []:
+        lines.append(f"    {entry}")
+    macs = [study.space.cost(np.asarray(c["widths"]))[0] / study.space.base_macs for c in cands]
+    search_scores = [c["search_score"] for c in tops if c["search_score"] is not None]
+    t0 = [truth0[c["key"]] for c in tops]
+    references = ", ".join(c["role"] for c in cands if not c["role"].startswith("top"))
+    finetune_seconds = float(np.median([truths[c["key"] + "|0"]["seconds"] for c in cands]))
+    lines += [
+        "",
+        f"Candidates: the {len(tops)} distinct top width vectors of the run by recorded proxy score"
+        + (f" ({min(search_scores):.4f}-{max(search_scores):.4f})" if search_scores else "")
+        + f", plus references ({references or 'none'}); "
+        f"MACs {min(macs):.4f}-{max(macs):.4f} of the base. Ground truth: selection-slice accuracy "
+        f"({plan.selection_images} class-balanced training images, disjoint from the proxy slices and the "
+        f"finetune subset; `bench_common.selection_indices`) after 1 epoch on a fixed "
+        f"{plan.finetune_images}-image stratified training subset (SGD nesterov lr 0.05 cosine, wd 5e-4, "
+        f"batch 128, crop+flip). The base model was trained on these images, so selection accuracy runs "
+        f"higher than validation accuracy; only the ranking is used. Top-candidate truth (seed 0): "
+        f"{min(t0):.4f}-{max(t0):.4f}, median {np.median(t0):.4f}; "
+        f"finetune {finetune_seconds:.0f} s each (median).",
+    ]
+    for c in cands:
+        if not c["role"].startswith("top"):
+            lines.append(
+                f"Reference {c['role']}: truth (seed 0) {truth0[c['key']]:.4f}"
+                + (f", search score {c['search_score']:.4f}" if c["search_score"] is not None else "")
+            )
+    if 1 in seeds:
+        ceiling = agreement([truths[f"{c['key']}|1"]["accuracy"] for c in tops], t0)
+        lines.append(
+            f"Noise ceiling (finetune seed 1 vs seed 0 over the top {len(tops)}): Spearman "
+            f"{ceiling['spearman']:.3f}, Kendall {ceiling['kendall']:.3f}, top-1 "
+            f"{'yes' if ceiling['top1'] else 'no'}, top-5 overlap {ceiling['top5']}/5, regret "
+            f"{100 * ceiling['regret']:.2f} pts. Columns marked 'mean' use the mean of both seeds as truth."
+        )
+    header = (
+        "| proxy variant | Spearman top | Kendall top | top-1 | top-5 | regret (pts) | Spearman all "
+        + ("| Spearman top (mean truth) | regret (mean truth) " if 1 in seeds else "")
+        + "| CPU s / eval | evals / CPU-h vs default |"
+    )
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    rows = variant_table(plan)
+    if tops[0]["search_score"] is not None:
+        rows.insert(0, ("search's recorded score (= today's default)", None, default_class))
+    for label, score, cost in rows:
+        if score is None:
+            top_scores = [c["search_score"] for c in tops]
+            all_scores = None
+        else:
+            try:
+                top_scores = [score(proxies[c["key"]]) for c in tops]
+                all_scores = [score(proxies[c["key"]]) for c in cands]
+            except (KeyError, IndexError):
+                continue
+        a = agreement(top_scores, t0)
+        spearman_all = (
+            ""
+            if all_scores is None
+            else f"{agreement(all_scores, [truth0[c['key']] for c in cands])['spearman']:.3f}"
+        )
+        cells = [
+            label,
+            f"{a['spearman']:.3f}",
+            f"{a['kendall']:.3f}",
+            "yes" if a["top1"] else "no",
+            f"{a['top5']}/5",
+            f"{100 * a['regret']:.2f}",
+            spearman_all,
+        ]
+        if 1 in seeds:
+            m = agreement(top_scores, [truth_mean[c["key"]] for c in tops])
+            cells += [f"{m['spearman']:.3f}", f"{100 * m['regret']:.2f}"]
+        cpu = cpu_of(cost)
+        speed = "" if cpu is None or base_cpu is None else f"{base_cpu / cpu:.2f}x"
+        cells += ["" if cpu is None else f"{cpu:.2f}", speed]
+        lines.append("| " + " | ".join(cells) + " |")
+    if timings:
+        lines += [
+            "",
+            "Timing (real `ProxyEvaluator.evaluate`, fresh cache, threads=1, classes alternated; "
+            "median over repeats; CPU = process time):",
+            "",
+            "| K batches | validation images | finetune steps | CPU s | wall s | evals / CPU-hour "
+            "| vs default | n | max loss diff vs cached |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for cost, records in sorted(timings.items()):
+            cpu = statistics.median(r["cpu"] for r in records)
+            wall = statistics.median(r["wall"] for r in records)
+            diffs = [r["loss_diff"] for r in records if r["loss_diff"] is not None]
+            lines.append(
+                f"| {cost[0]} | {cost[1]} | {cost[2]} | {cpu:.2f} | {wall:.2f} | {3600 / cpu:.0f} | "
+                f"{base_cpu / cpu:.2f}x | {len(records)} | {max(diffs) if diffs else float('nan'):.1e} |"
+            )
+    notes = work / "notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        update_section(TITLE, lines)
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0]
+
+
+def run_stage(study: Study, work: Path, stage: str, candidate: dict, threads: int) -> None:
+    """One candidate's variants or seed-N finetune, unless cached."""
+    plan, key, name = study.plan, candidate["key"], f"[{candidate['role']} {candidate['rank']}]"
+    if stage == "variants":
+        if key in read_jsonl(work / "variants.jsonl"):
+            return
+        record = {"key": key, **variants(study, candidate["widths"])}
+        append_jsonl(work / "variants.jsonl", record)
+        correct, loss = record[f"K{plan.calibration_batches[-1]}"][str(plan.default_validation)]
+        score = (correct + 1 / (1 + loss)) / plan.default_validation
+        print(
+            f"{name} variants: default score {score:.6f} (search recorded {candidate['search_score']}), "
+            f"{record['A/seconds']:.0f} + {record['B/seconds']:.0f} s",
+            flush=True,
+        )
+        return
+    seed = int(stage[-1])
+    if f"{key}|{seed}" in read_jsonl(work / "truth.jsonl"):
+        return
+    record = {"key": f"{key}|{seed}", **finetune_truth(study, candidate["widths"], seed, threads)}
+    append_jsonl(work / "truth.jsonl", record)
+    print(
+        f"{name} seed {seed}: selection acc {record['accuracy']:.4f} ({record['seconds']:.0f} s)", flush=True
+    )
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="/tmp/acp14/pso30", help="a finished acp search run directory")
+    parser.add_argument("--top", type=int, default=None)
+    parser.add_argument("--work", default=None, help="cache directory (default /tmp/acp14/top_fidelity)")
+    parser.add_argument("--stages", default="variants,truth0,truth1", help=f"comma list of {STAGES}")
+    parser.add_argument("--shard", default="0/1", help="I/N: this process handles candidates I, I+N, ...")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=None, help="timing repeats")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke test (random candidates, no run)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    shard, shards = (int(part) for part in args.shard.split("/"))
+    stages = [s for s in args.stages.split(",") if s]
+    if unknown := set(stages) - set(STAGES):
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    plan = QUICK if args.quick else FULL
+    if args.top is not None:
+        plan = dataclasses.replace(plan, top=args.top)
+    if args.repeats is not None:
+        plan = dataclasses.replace(plan, repeats=args.repeats)
+    work = Path(args.work or ("/tmp/acp14/top_fidelity" + ("_quick" if args.quick else "")))
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    started = datetime.datetime.now(datetime.UTC)
+    study = load_quick(plan, args.threads) if args.quick else load_run(Path(args.run), plan, args.threads)
+    mine = [c for i, c in enumerate(study.candidates) if i % shards == shard]
+    print(
+        f"{len(study.candidates)} candidates, {len(mine)} in shard {shard}/{shards}; stages {stages}",
+        flush=True,
+    )
+
+    for stage in stages:
+        began = time.perf_counter()
+        if stage == "timing":
+            if shard == 0:
+                timing(study, work, args.threads)
+        else:
+            for candidate in mine:
+                run_stage(study, work, stage, candidate, args.threads)
+        with (work / "commands.log").open("a") as log:
+            log.write(
+                f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, stage {stage} done in "
+                f"{time.perf_counter() - began:.0f} s wall: python benchmarks/bench_top_fidelity.py "
+                f"{' '.join(sys.argv[1:] if argv is None else argv)}\n"
+            )
+    report(study, work, started, write=not args.no_write and shards == 1)
+
+
+if __name__ == "__main__":
+    main()
