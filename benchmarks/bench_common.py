@@ -29,12 +29,16 @@ SELECTION_IMAGES = 5000
 SELECTION_SEED = 20261202
 
 
-def proxy_slice_indices(labels, train_indices, *, calibration_images: int, validation_images: int, seed: int):
-    """(calibration, proxy-validation) indices exactly as ``ProxyData.from_image_data`` carves them from
-    ``train_indices`` (sorted; the calibration order the proxy batches in is a seeded shuffle of these).
+def proxy_slice_indices(
+    labels, train_indices, *, calibration_images: int, validation_images: int, seed: int, avoid=None
+):
+    """(calibration, proxy-validation) indices as ``ProxyData.from_image_data`` carves them from
+    ``train_indices`` (both sorted; the proxy batches the calibration images in a seeded shuffle).
+    With ``avoid``, validation is drawn from the rest minus those images -- how re-ranking draws its
+    "fresh" slice, disjoint from the search proxy's validation images.
 
-    For one ``seed`` and ``calibration_images``, the validation slices are nested: the first ``v`` images
-    per class of one seeded shuffle, so a 5,000-image slice holds the 2,000-image one.
+    For one ``seed``, calibration size and ``avoid``, validation slices are nested (the first ``v``
+    images per class of one seeded shuffle): a 2,000-image slice holds the 1,000-image one.
     """
     import numpy as np
 
@@ -43,6 +47,8 @@ def proxy_slice_indices(labels, train_indices, *, calibration_images: int, valid
     train = np.unique(np.asarray(train_indices, dtype=np.int64))
     calibration = take_stratified(train, labels, calibration_images, seed=seed)
     rest = np.setdiff1d(train, calibration, assume_unique=True)
+    if avoid is not None:
+        rest = np.setdiff1d(rest, np.asarray(avoid, dtype=np.int64))
     return calibration, take_stratified(rest, labels, validation_images, seed=seed + 1)
 
 
@@ -58,36 +64,50 @@ def selection_indices(
     train_indices,
     *,
     proxy_seed: int = 0,
-    calibration_images=(1280,),
-    validation_images: int = 5000,
+    calibration_images: int = 1280,
+    validation_images: int = 2000,
+    rerank_images: int = 5000,
     finetune_images: int = FINETUNE_SUBSET_IMAGES,
     finetune_seed: int = 0,
     count: int = SELECTION_IMAGES,
     seed: int = SELECTION_SEED,
 ):
-    """The "selection" slice: ``count`` class-balanced images of the training split for ground truth in
+    """The "selection" slice: ``count`` class-balanced images of the training split, ground truth for
     design studies, so design choices are not made on the reporting (validation) split.
 
-    Disjoint from the proxy's calibration and proxy-validation images (as ``default_proxy_data`` carves
-    them with the run's ``proxy_seed``: for each calibration size in ``calibration_images`` -- default
-    20 x 64 -- and proxy-validation slices up to ``validation_images``, which covers every smaller slice)
-    and from the finetune subset (:func:`finetune_subset`). The base model was trained on these images,
-    so accuracies on them run higher than on the validation split; use them for rankings.
+    Disjoint from every image a search with the default proxy slices (seed ``proxy_seed``) scores on:
+    the calibration images (default 20 x 64), the proxy-validation images (default 2,000 and any
+    smaller slice, which nests inside), the re-ranking slice (up to ``rerank_images`` validation images
+    disjoint from those, see :func:`proxy_slice_indices`), and the finetune subset
+    (:func:`finetune_subset`). The base model was trained on these images, so accuracies on them run
+    higher than on the validation split: use them for rankings.
     """
     import numpy as np
 
     from acp.data import take_stratified
 
     train = np.unique(np.asarray(train_indices, dtype=np.int64))
-    if isinstance(calibration_images, int):
-        calibration_images = (calibration_images,)
-    excluded = [finetune_subset(labels, train, finetune_images, seed=finetune_seed)]
-    for size in calibration_images:
-        excluded.extend(
-            proxy_slice_indices(
-                labels, train, calibration_images=size, validation_images=validation_images, seed=proxy_seed
-            )
-        )
+    calibration, validation = proxy_slice_indices(
+        labels,
+        train,
+        calibration_images=calibration_images,
+        validation_images=validation_images,
+        seed=proxy_seed,
+    )
+    _, fresh = proxy_slice_indices(
+        labels,
+        train,
+        calibration_images=calibration_images,
+        validation_images=rerank_images,
+        seed=proxy_seed,
+        avoid=validation,
+    )
+    excluded = [
+        calibration,
+        validation,
+        fresh,
+        finetune_subset(labels, train, finetune_images, seed=finetune_seed),
+    ]
     pool = np.setdiff1d(train, np.concatenate(excluded))
     if len(pool) < count:
         raise ValueError(f"selection slice: only {len(pool)} training images left, {count} asked for")

@@ -69,24 +69,34 @@ class Plan:
 
     top: int = 20
     calibration_batches: tuple[int, ...] = (5, 10, 20)  # the last is the default (and the steps' recal)
-    validation: tuple[int, ...] = (500, 1000, 2000, 5000)  # nested; 2000 is the default
-    default_validation: int = 2000
-    steps: tuple[int, ...] = (20, 50, 100)
+    search_validation: tuple[int, ...] = (500, 1000, 2000)  # the search's slices (nested); last = default
+    fresh_validation: tuple[int, ...] = (1000, 2000, 5000)  # re-ranking slices, disjoint from the search's
+    steps: tuple[int, ...] = (20, 50, 100, 200)
     finetune_images: int = 8000
     selection_images: int = 5000
     repeats: int = 3
     timing_candidates: int = 1
-    # timed cost classes: (calibration batches, validation images, finetune steps)
+    # timed cost classes: (calibration batches, validation images, finetune steps); () = derived
     timing: tuple[tuple[int, int, int], ...] = field(default=())
+
+    @property
+    def default_validation(self) -> int:
+        return self.search_validation[-1]
+
+    def slices(self) -> dict[str, int]:
+        """Slice name -> size: "v<size>" the search's slices, "f<size>" the fresh (re-ranking) ones."""
+        return {
+            **{f"v{size}": size for size in self.search_validation},
+            **{f"f{size}": size for size in self.fresh_validation},
+        }
 
     def cost_classes(self) -> tuple[tuple[int, int, int], ...]:
         if self.timing:
             return self.timing
-        full = self.calibration_batches[-1]
-        cheap = [
-            (k, v, 0) for k in self.calibration_batches for v in self.validation if v <= 2000 or k == full
-        ]
-        steps = [(full, v, n) for n in self.steps for v in (self.default_validation, self.validation[-1])]
+        full, largest = self.calibration_batches[-1], self.fresh_validation[-1]
+        cheap = [(k, v, 0) for k in self.calibration_batches for v in self.search_validation]
+        cheap.append((full, largest, 0))
+        steps = [(full, v, n) for n in self.steps for v in (self.default_validation, largest)]
         return tuple(dict.fromkeys(cheap + steps))
 
 
@@ -94,13 +104,13 @@ FULL = Plan()
 QUICK = Plan(
     top=3,
     calibration_batches=(2, 4),
-    validation=(100, 200, 400),
-    default_validation=200,
+    search_validation=(100, 200),
+    fresh_validation=(200, 400),
     steps=(2, 4),
     finetune_images=256,
     selection_images=300,
     repeats=1,
-    timing=((4, 200, 0), (2, 100, 0), (4, 200, 2)),
+    timing=((4, 200, 0), (2, 100, 0), (4, 400, 2)),
 )
 
 
@@ -118,8 +128,8 @@ class Study:
     space: object
     evaluator: object  # ProxyEvaluator with the run's settings: builds Architectures, materializes
     data: object
-    proxy: object  # ProxyData: calibration batches + the largest validation slice
-    positions: dict[int, np.ndarray]  # validation size -> positions inside proxy.validation_*
+    proxy: object  # ProxyData: the search's calibration batches + every validation slice (union)
+    positions: dict[str, np.ndarray]  # slice name (Plan.slices) -> positions inside proxy.validation_*
     train_subset: np.ndarray
     selection: np.ndarray
     candidates: list[dict]  # {"key", "widths", "role", "search_score", "rank"}
@@ -142,7 +152,7 @@ def load_run(run_dir: Path, plan: Plan, threads: int) -> Study:
     study = _study(plan, problem.model, problem.space, criterion, problem.identity, data, splits, seed)
     # the default's slices are exactly the search's: its recomputed scores must equal history.sqlite's
     search_data = default_proxy_data(data, splits.train, proxy_settings, seed=seed)
-    positions = study.positions[proxy_settings.validation_images]
+    positions = study.positions[f"v{proxy_settings.validation_images}"]
     assert torch.equal(search_data.validation_images, study.proxy.validation_images[positions])
     assert torch.equal(search_data.calibration_images, study.proxy.calibration_images)
     study.evaluator = ProxyEvaluator(
@@ -183,47 +193,54 @@ def _study(plan, model, space, criterion, identity, data, splits, seed) -> Study
     from acp.settings import ProxySettings
 
     calibration_images = plan.calibration_batches[-1] * CALIBRATION_BATCH
-    proxy = ProxyData.from_image_data(
+    search = ProxyData.from_image_data(
         data,
         splits.train,
         calibration_images=calibration_images,
-        validation_images=plan.validation[-1],
+        validation_images=plan.default_validation,
         seed=seed,
     )
-    largest = proxy_slice_indices(
-        data.labels,
-        splits.train,
-        calibration_images=calibration_images,
-        validation_images=plan.validation[-1],
-        seed=seed,
-    )[1]
-    positions = {}
-    for size in plan.validation:
-        indices = proxy_slice_indices(
+    indices = {}
+    for name, size in plan.slices().items():
+        avoid = indices[f"v{plan.default_validation}"] if name.startswith("f") else None
+        indices[name] = proxy_slice_indices(
             data.labels,
             splits.train,
             calibration_images=calibration_images,
             validation_images=size,
             seed=seed,
+            avoid=avoid,
         )[1]
-        positions[size] = np.searchsorted(largest, indices)
-        assert np.array_equal(largest[positions[size]], indices), "validation slices are not nested"
+    union = np.unique(np.concatenate(list(indices.values())))
+    positions = {name: np.searchsorted(union, index) for name, index in indices.items()}
+    images, labels = data.tensors(union)
+    proxy = ProxyData(search.calibration_images, search.calibration_labels, images, labels)
+    default = positions[f"v{plan.default_validation}"]
+    assert torch.equal(proxy.validation_images[default], search.validation_images)
+    for family in ("v", "f"):  # nested: a smaller slice of a family is inside the larger one
+        names = [name for name in indices if name.startswith(family)]
+        assert all(np.isin(indices[a], indices[names[-1]]).all() for a in names)
     train_subset = finetune_subset(data.labels, splits.train, plan.finetune_images)
     selection = selection_indices(
         data.labels,
         splits.train,
         proxy_seed=seed,
-        calibration_images=(calibration_images,),
-        validation_images=plan.validation[-1],
+        calibration_images=calibration_images,
+        validation_images=plan.default_validation,
+        rerank_images=plan.fresh_validation[-1],
         finetune_images=plan.finetune_images,
         count=plan.selection_images,
     )
-    used = np.concatenate([train_subset, largest])
-    assert not np.intersect1d(selection, used).size and not np.intersect1d(selection, splits.val).size
-    settings = ProxySettings(
-        calibration_batches=plan.calibration_batches[-1], validation_images=plan.validation[-1]
-    )
-    evaluator = ProxyEvaluator(model, space, criterion, proxy, settings, identity=identity)
+    calibration = proxy_slice_indices(
+        data.labels, splits.train, calibration_images=calibration_images, validation_images=1, seed=seed
+    )[0]
+    used = np.concatenate([train_subset, union, calibration, splits.val])
+    assert not np.intersect1d(selection, used).size, "the selection slice overlaps"
+    assert not np.intersect1d(
+        indices[f"v{plan.default_validation}"], indices[f"f{plan.fresh_validation[-1]}"]
+    ).size
+    settings = ProxySettings(calibration_batches=plan.calibration_batches[-1])
+    evaluator = ProxyEvaluator(model, space, criterion, search, settings, identity=identity)
     return Study(
         plan, model, space, evaluator, data, proxy, positions, train_subset, selection, [], seed, criterion
     )
@@ -276,12 +293,18 @@ def top_candidates(history: Path, top: int) -> list[dict]:
 # --- stages ------------------------------------------------------------------------------------------
 
 
-def score_slices(study: Study, model) -> dict[str, list]:
-    """Per validation size: [correct, mean loss] of a recalibrated ``model`` on the nested slices."""
-    correct, losses = per_image(model, study.proxy.validation_images, study.proxy.validation_labels)
-    return {
-        str(size): [int(correct[p].sum()), float(losses[p].mean())] for size, p in study.positions.items()
-    }
+def score_slices(study: Study, model, family: str = "") -> dict[str, list]:
+    """Per slice name (all, or those starting with ``family``): [correct, mean loss] of ``model``."""
+    names = [name for name in study.positions if name.startswith(family)]
+    needed = np.unique(np.concatenate([study.positions[name] for name in names]))
+    correct, losses = per_image(
+        model, study.proxy.validation_images[needed], study.proxy.validation_labels[needed]
+    )
+    scores = {}
+    for name in names:
+        p = np.searchsorted(needed, study.positions[name])
+        scores[name] = [int(correct[p].sum()), float(losses[p].mean())]
+    return scores
 
 
 def variants(study: Study, widths) -> dict:
@@ -309,10 +332,10 @@ def variants(study: Study, widths) -> dict:
         with torch.inference_mode():
             model(batch)
         if index in plan.calibration_batches:
-            scores = score_slices(study, model)
-            if index != plan.calibration_batches[-1]:  # small K: only the slices a cheap proxy would use
-                scores = {s: v for s, v in scores.items() if int(s) <= plan.default_validation}
-            record[f"K{index}"] = scores
+            # small K is a candidate for the search's proxy: only the search's slices
+            record[f"K{index}"] = score_slices(
+                study, model, "" if index == plan.calibration_batches[-1] else "v"
+            )
     record["A/seconds"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -395,8 +418,10 @@ def timing(study: Study, work: Path, threads: int) -> None:
     plan, proxy = study.plan, study.proxy
     cached = read_jsonl(work / "variants.jsonl")
     evaluators = {}
+    names = {}
     for k, v, n in plan.cost_classes():
-        positions = study.positions[v]
+        names[(k, v, n)] = f"v{v}" if f"v{v}" in study.positions else f"f{v}"
+        positions = study.positions[names[(k, v, n)]]
         data = ProxyData(
             proxy.calibration_images,
             proxy.calibration_labels,
@@ -415,7 +440,8 @@ def timing(study: Study, work: Path, threads: int) -> None:
                 cpu = time.process_time()
                 result = evaluator.evaluate(candidate["widths"])
                 cpu = time.process_time() - cpu
-                reference = cached.get(candidate["key"], {}).get(f"S{n}" if n else f"K{k}", {}).get(str(v))
+                block = cached.get(candidate["key"], {}).get(f"S{n}" if n else f"K{k}", {})
+                reference = block.get(names[(k, v, n)])
                 record = {
                     "key": f"{k},{v},{n},{candidate['key']},{repeat}",
                     "class": [k, v, n],
@@ -439,35 +465,53 @@ def timing(study: Study, work: Path, threads: int) -> None:
 def variant_table(plan: Plan) -> list[tuple[str, object, tuple[int, int, int]]]:
     """(label, record -> score (higher = better), timed cost class)."""
     full, default_v = plan.calibration_batches[-1], plan.default_validation
+    fresh = plan.fresh_validation
 
-    def acc(block, size):
-        return lambda r: (r[block][str(size)][0] + 1 / (1 + r[block][str(size)][1])) / size
+    def acc(block, name):
+        size = plan.slices()[name]
+        return lambda r: (r[block][name][0] + 1 / (1 + r[block][name][1])) / size
 
-    def neg_loss(block, size):
-        return lambda r: -r[block][str(size)][1]
+    def neg_loss(block, name):
+        return lambda r: -r[block][name][1]
 
+    def size(name):
+        return plan.slices()[name]
+
+    v = f"v{default_v}"
     rows = [
         (
             f"today's default: K={full}x64, V={default_v}, accuracy score",
-            acc(f"K{full}", default_v),
+            acc(f"K{full}", v),
             (full, default_v, 0),
         ),
-        (f"loss score (K={full}, V={default_v})", neg_loss(f"K{full}", default_v), (full, default_v, 0)),
+        (f"loss score (K={full}, V={default_v})", neg_loss(f"K{full}", v), (full, default_v, 0)),
     ]
     for k in plan.calibration_batches[:-1]:
-        rows.append((f"K={k}, V={default_v}, accuracy", acc(f"K{k}", default_v), (k, default_v, 0)))
-        rows.append((f"K={k}, V={default_v}, loss", neg_loss(f"K{k}", default_v), (k, default_v, 0)))
+        rows.append((f"K={k}, V={default_v}, accuracy", acc(f"K{k}", v), (k, default_v, 0)))
+        rows.append((f"K={k}, V={default_v}, loss", neg_loss(f"K{k}", v), (k, default_v, 0)))
     for k in plan.calibration_batches:
-        for v in plan.validation:
-            if v < default_v:
-                rows.append((f"K={k}, V={v}, loss", neg_loss(f"K{k}", v), (k, v, 0)))
-    last = plan.validation[-1]
-    rows.append((f"K={full}, V={last}, accuracy", acc(f"K{full}", last), (full, last, 0)))
-    rows.append((f"K={full}, V={last}, loss", neg_loss(f"K{full}", last), (full, last, 0)))
+        for small in plan.search_validation[:-1]:
+            rows.append((f"K={k}, V={small}, loss", neg_loss(f"K{k}", f"v{small}"), (k, small, 0)))
     for n in plan.steps:
-        for v in (default_v, last):
-            rows.append((f"{n} steps + recal, V={v}, loss", neg_loss(f"S{n}", v), (full, v, n)))
-            rows.append((f"{n} steps + recal, V={v}, accuracy", acc(f"S{n}", v), (full, v, n)))
+        rows.append(
+            (f"{n} steps + recal, V={default_v} (search's), loss", neg_loss(f"S{n}", v), (full, default_v, n))
+        )
+    rows.append(("re-rank family (fresh validation images, disjoint from the search's):", None, None))
+    for name in (f"f{size}" for size in fresh):
+        rows.append(
+            (f"no steps, fresh V={size(name)}, loss", neg_loss(f"K{full}", name), (full, size(name), 0))
+        )
+        if size(name) == fresh[-1]:  # accuracy is coarse on small slices: only the largest
+            rows.append(
+                (f"no steps, fresh V={size(name)}, accuracy", acc(f"K{full}", name), (full, size(name), 0))
+            )
+    for n in plan.steps:
+        for name in (f"f{size}" for size in fresh):
+            cost = (full, size(name), n)
+            rows.append((f"{n} steps + recal, fresh V={size(name)}, loss", neg_loss(f"S{n}", name), cost))
+            if size(name) == fresh[-1]:
+                rows.append((f"{n} steps + recal, fresh V={size(name)}, accuracy", acc(f"S{n}", name), cost))
+    rows.append(("trainability signals (training losses of the steps, no validation images):", None, None))
     for n in plan.steps:
         tail = max(1, min(10, n // 2))
         rows.append(
@@ -486,6 +530,9 @@ def variant_table(plan: Plan) -> list[tuple[str, object, tuple[int, int, int]]]:
                 (full, default_v, n),
             )
         )
+    rows.append(
+        ("-train loss of step 1 (inherited weights, batch statistics)", lambda r: -r["train_losses"][0], None)
+    )
     return rows
 
 
@@ -524,6 +571,8 @@ def report(study: Study, work: Path, started: datetime.datetime, write: bool) ->
     default_class = (plan.calibration_batches[-1], plan.default_validation, 0)
 
     def cpu_of(cost):
+        if cost is None:
+            return None
         return statistics.median(r["cpu"] for r in timings[cost]) if cost in timings else None
 
     base_cpu = cpu_of(default_class)
@@ -574,9 +623,12 @@ def report(study: Study, work: Path, started: datetime.datetime, write: bool) ->
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     rows = variant_table(plan)
     if tops[0]["search_score"] is not None:
-        rows.insert(0, ("search's recorded score (= today's default)", None, default_class))
+        rows.insert(0, ("search's recorded score (= today's default)", "search", default_class))
     for label, score, cost in rows:
         if score is None:
+            lines.append(f"| *{label}* |" + " |" * (header.count("|") - 2))
+            continue
+        if score == "search":
             top_scores = [c["search_score"] for c in tops]
             all_scores = None
         else:
@@ -648,7 +700,7 @@ def run_stage(study: Study, work: Path, stage: str, candidate: dict, threads: in
             return
         record = {"key": key, **variants(study, candidate["widths"])}
         append_jsonl(work / "variants.jsonl", record)
-        correct, loss = record[f"K{plan.calibration_batches[-1]}"][str(plan.default_validation)]
+        correct, loss = record[f"K{plan.calibration_batches[-1]}"][f"v{plan.default_validation}"]
         score = (correct + 1 / (1 + loss)) / plan.default_validation
         print(
             f"{name} variants: default score {score:.6f} (search recorded {candidate['search_score']}), "
