@@ -77,6 +77,7 @@ def optional(rule: tuple[Callable, str]):
 
 
 NONE = type(None)
+DEFAULT_ITERATIONS = 30  # [search].iterations when neither it nor a time limit is given
 POSITIVE = at_least(1)
 NON_NEGATIVE = at_least(0)
 RATIO = within(0.0, 1.0, open_low=True)
@@ -313,12 +314,17 @@ class SearchSettings(Section):
 
     SECTION: ClassVar[str] = "search"
     particles: int = setting(12, int, *at_least(2))
-    iterations: int = setting(30, int, *POSITIVE)
+    # Stop rules (execution: a resumed run may be given a longer one and continues where it stopped).
+    # iterations unset: DEFAULT_ITERATIONS, or no iteration limit when a time_limit is given (anytime).
+    iterations: int | None = setting(None, (int, NONE), *optional(POSITIVE), execution=True)
     seed: int = setting(0, int, *NON_NEGATIVE)
     topology: str = setting("star", str, *one_of("star", "ring", "von_neumann"))
     neighbors: int = setting(3, int, *POSITIVE)  # ring: neighbours per particle (k); von_neumann: range r
     inertia_start: float = setting(0.729, float, *within(0, 4))  # linear schedule, start -> end
     inertia_end: float = setting(0.4, float, *within(0, 4))
+    # the inertia reaches inertia_end after this many iterations and stays there: a fixed horizon, so
+    # the trajectory does not depend on when the run stops (a longer run extends a shorter one exactly)
+    inertia_iterations: int = setting(30, int, *POSITIVE)
     c1: float = setting(1.49445, float, *within(0, 4))  # pull towards the particle's own best
     c2: float = setting(1.49445, float, *within(0, 4))  # pull towards the neighbourhood's best
     velocity_clamp: float = setting(0.2, float, *within(0, 1, open_low=True))  # keep-ratio units
@@ -328,6 +334,10 @@ class SearchSettings(Section):
     velocity_strategy: str = setting("unmodified", str, *one_of("unmodified", "adjust", "invert", "zero"))
     init_spread: float = setting(0.1, float, *within(0, 1))  # particles 2.. start within +-spread
     random_particles: int = setting(2, int, *NON_NEGATIVE)  # of which this many start uniformly random
+    # re-seed a particle (uniformly in the bounds, memory reset) once it has stayed within reseed_radius
+    # (RMS keep-ratio distance) of the swarm's best for reseed_after iterations; 0: never
+    reseed_after: int = setting(0, int, *NON_NEGATIVE)
+    reseed_radius: float = setting(0.02, float, *within(0, 1))
     patience: int = setting(0, int, *NON_NEGATIVE)  # iterations without improvement before stopping; 0: off
     criterion: str = setting("l2", str, *one_of(*CRITERIA))  # which channels survive at a width
     tolerance: float = setting(0.01, float, *within(0, 1))  # warn when repair lands further below budget
@@ -354,6 +364,14 @@ class SearchSettings(Section):
     @property
     def time_limit_seconds(self) -> float | None:
         return parse_duration(self.time_limit, "time_limit")
+
+    @property
+    def iteration_limit(self) -> int | None:
+        """How many iterations to run: ``iterations`` when set; otherwise none (run until the time limit)
+        when a ``time_limit`` is given, else ``DEFAULT_ITERATIONS``."""
+        if self.iterations is not None:
+            return self.iterations
+        return None if self.time_limit is not None else DEFAULT_ITERATIONS
 
 
 @dataclass(frozen=True)
@@ -412,6 +430,28 @@ class ProxySettings(Section):
     @property
     def calibration_images(self) -> int:
         return self.calibration_batches * self.calibration_batch_size
+
+
+@dataclass(frozen=True)
+class RerankSettings(Section):
+    """``[rerank]``: before ``best_arch.json`` is written, the ``finalists`` best distinct candidates by
+    proxy score are scored again by a more careful proxy -- ``finetune_steps`` SGD steps (the [proxy]
+    finetune_* optimizer) on the calibration images, then BatchNorm recalibration, then the loss or
+    accuracy on ``validation_images`` training images the search's proxy never scored on -- and the best
+    of them wins. A single proxy score is noisy; the best of hundreds is partly luck (winner's curse).
+    ``finalists = 0`` turns re-ranking off."""
+
+    SECTION: ClassVar[str] = "rerank"
+    finalists: int = setting(5, int, *NON_NEGATIVE)
+    finetune_steps: int = setting(100, int, *NON_NEGATIVE)
+    validation_images: int = setting(5000, int, *POSITIVE)  # disjoint from the proxy's validation images
+    score: str = _like(ProxySettings, "score", default="loss")
+
+    def proxy_settings(self, proxy: ProxySettings) -> ProxySettings:
+        """The [proxy] settings of a finalist evaluation."""
+        return proxy.replace(
+            finetune_steps=self.finetune_steps, validation_images=self.validation_images, score=self.score
+        )
 
 
 @dataclass(frozen=True)
@@ -493,8 +533,6 @@ class FinetuneSettings(Section):
         )
 
 
-
-
 # --- a whole run configuration ---------------------------------------------------------------------
 
 SECTIONS: dict[str, type[Section]] = {
@@ -507,6 +545,7 @@ SECTIONS: dict[str, type[Section]] = {
         FinetuneSettings,
         SearchSettings,
         ProxySettings,
+        RerankSettings,
     )
 }
 
@@ -522,6 +561,7 @@ class RunSettings:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    rerank: RerankSettings = field(default_factory=RerankSettings)
     source: str = field(default="<config>", compare=False)  # a file name, for messages
 
     def __post_init__(self) -> None:

@@ -84,4 +84,7 @@ random_particles = 1
 calibration_batches = 2
 calibration_batch_size = 32
 validation_images = 200
+
+[rerank]
+finetune_steps = 10
 """

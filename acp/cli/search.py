@@ -27,13 +27,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (with DIR/config.toml)")
     parser.add_argument("--flops", type=_ratio, help="keep at most this ratio of the base MACs")
     parser.add_argument("--params", type=_ratio, help="keep at most this ratio of the base params")
-    parser.add_argument("--iterations", type=_positive_int, help="PSO iterations (config [search])")
+    parser.add_argument(
+        "--iterations",
+        type=_positive_int,
+        help="PSO iterations (default 30; with --time-limit and no --iterations: until the time is up; "
+        "a larger value on --resume extends a finished run)",
+    )
     parser.add_argument("--particles", type=_positive_int, help="particles per iteration")
     parser.add_argument("--seed", type=_non_negative_int, help="seed of the search")
     parser.add_argument(
         "--patience", type=_non_negative_int, help="stop after N iterations without improvement (0: never)"
     )
-    parser.add_argument("--time-limit", help="stop after this long, e.g. 8h, 90m, 1h30m (total over resumes)")
+    parser.add_argument(
+        "--time-limit",
+        help="stop after this long, e.g. 8h, 90m, 1h30m (total over resumes; checked after each iteration)",
+    )
     parser.add_argument("--workers", type=int, help="parallel local worker processes (loky)")
     parser.add_argument(
         "--dask-scheduler", metavar="ADDR", help="evaluate on a Dask cluster, e.g. tcp://10.0.0.1:8786"

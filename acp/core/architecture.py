@@ -37,7 +37,18 @@ MAX_NESTING = 32
 SOURCES = ("search", "cluster", "uniform", "manual")
 BUDGET_KEYS = ("flops", "params")
 SPACE_DEFAULTS = SpaceSettings().to_dict()
-PROVENANCE_KEYS = ("source", "seed", "criterion", "evaluations", "proxy_score", "acp_version", "created")
+PROVENANCE_KEYS = (
+    "source",
+    "seed",
+    "criterion",
+    "evaluations",
+    "proxy_score",
+    "finalists",  # how many finalists were re-scored (acp.search.study); the winner's rank among them
+    "proxy_rank",  # by proxy score, and its finalist score
+    "finalist_score",
+    "acp_version",
+    "created",
+)
 _TOP_KEYS = ("schema", "model", "base_macs", "base_params", "macs", "params", "budget", "space", "groups")
 
 
@@ -451,6 +462,9 @@ def _parse_provenance(at: _Field, value: Any) -> dict:
     result["seed"] = _optional(_int, at["seed"], result["seed"], 0)
     result["evaluations"] = _optional(_int, at["evaluations"], result["evaluations"], 0)
     result["proxy_score"] = _optional(_number, at["proxy_score"], result["proxy_score"])
+    result["finalist_score"] = _optional(_number, at["finalist_score"], result["finalist_score"])
+    result["finalists"] = _optional(_int, at["finalists"], result["finalists"], 0)
+    result["proxy_rank"] = _optional(_int, at["proxy_rank"], result["proxy_rank"], 1)
     for key in ("criterion", "acp_version", "created"):
         _optional(_str, at[key], result[key])
     if result["created"] is not None:

@@ -29,6 +29,32 @@ def _digest(array: np.ndarray | torch.Tensor) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
 
+def proxy_slices(
+    labels: np.ndarray,
+    train_indices: np.ndarray,
+    calibration_images: int,
+    validation_images: int,
+    *,
+    seed: int,
+    avoid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (calibration, validation) indices :meth:`ProxyData.from_image_data` draws: stratified,
+    disjoint, validation never from ``avoid``; calibration first (unshuffled, sorted)."""
+    train_indices = np.unique(np.asarray(train_indices, dtype=np.int64))
+    calibration = take_stratified(train_indices, labels, calibration_images, seed=seed)
+    rest = np.setdiff1d(train_indices, calibration, assume_unique=True)
+    if avoid is not None:
+        rest = np.setdiff1d(rest, np.asarray(avoid, dtype=np.int64))
+    if calibration_images > len(train_indices) or validation_images > len(rest):
+        where = "" if avoid is None else " outside the avoided images"
+        raise UserError(
+            f"proxy data: {calibration_images} calibration + {validation_images} validation images "
+            f"requested, but the training split has only {len(train_indices)}{where}"
+        )
+    validation = take_stratified(rest, labels, validation_images, seed=seed + 1)
+    return calibration, validation
+
+
 @dataclass(eq=False)
 class ProxyData:
     """Calibration images (BN re-estimation, optional finetune steps) and labelled proxy-validation images.
@@ -75,8 +101,11 @@ class ProxyData:
         calibration_images: int,
         validation_images: int,
         seed: int = 0,
+        avoid: np.ndarray | None = None,
     ) -> ProxyData:
-        """Two disjoint stratified slices of ``data[train_indices]``: calibration first, then validation.
+        """Two disjoint stratified slices of ``data[train_indices]``: calibration first, then validation
+        (never from ``avoid``: e.g. another proxy's validation images, so the finalists are re-scored on
+        images the search did not choose them by).
 
         ``train_indices`` must be the training split (the search never sees the validation/test images).
         """
@@ -91,15 +120,9 @@ class ProxyData:
         train_indices = np.unique(np.asarray(train_indices, dtype=np.int64))
         if train_indices.size and (train_indices[0] < 0 or train_indices[-1] >= len(data)):
             raise UserError(f"proxy data: train_indices out of range for {len(data)} images")
-        needed = calibration_images + validation_images
-        if needed > len(train_indices):
-            raise UserError(
-                f"proxy data: {calibration_images} calibration + {validation_images} validation images "
-                f"requested, but the training split has only {len(train_indices)}"
-            )
-        calibration = take_stratified(train_indices, data.labels, calibration_images, seed=seed)
-        rest = np.setdiff1d(train_indices, calibration, assume_unique=True)
-        validation = take_stratified(rest, data.labels, validation_images, seed=seed + 1)
+        calibration, validation = proxy_slices(
+            data.labels, train_indices, calibration_images, validation_images, seed=seed, avoid=avoid
+        )
         # Calibration batches are consecutive chunks: shuffle (seeded) so each batch mixes the classes.
         calibration = np.random.default_rng(seed).permutation(calibration)
         cal_images, cal_labels = data.tensors(calibration)
@@ -107,6 +130,7 @@ class ProxyData:
         description = {
             "spec": data.spec,
             "seed": int(seed),
+            **({} if avoid is None else {"avoided_sha256": _digest(np.unique(np.asarray(avoid, np.int64)))}),
             "train_size": int(len(train_indices)),
             "train_sha256": _digest(train_indices),
             "calibration_images": int(len(calibration)),

@@ -479,6 +479,39 @@ def default_proxy_data(data, train_indices: np.ndarray, settings: ProxySettings,
     )
 
 
+def finalist_proxy_data(
+    data, train_indices: np.ndarray, proxy: ProxySettings, finalist: ProxySettings, *, seed: int
+) -> ProxyData:
+    """ProxyData for re-scoring finalists: the search proxy's calibration images (``proxy`` and
+    ``finalist`` must agree on them) and ``finalist.validation_images`` validation images disjoint from
+    the search proxy's validation images -- as many as the training split has left (at least one; on a
+    split too small for that, the search proxy's own validation images are reused, with a warning)."""
+    from acp.proxy.data import proxy_slices
+
+    calibration_images = max(1, proxy.calibration_images)
+    if max(1, finalist.calibration_images) != calibration_images:
+        raise UserError("finalist proxy data: the finalists' calibration images must be the search proxy's")
+    calibration, used = proxy_slices(
+        data.labels, train_indices, calibration_images, proxy.validation_images, seed=seed
+    )
+    left = len(np.unique(train_indices)) - len(calibration) - len(used)
+    avoid = used
+    count = min(finalist.validation_images, left)
+    if count < 1:
+        log.warning("training split too small: finalists are re-scored on the search's validation images")
+        avoid, count = None, min(finalist.validation_images, len(np.unique(train_indices)) - len(calibration))
+    elif count < finalist.validation_images:
+        log.info("finalists are re-scored on %d validation images (all the training split has left)", count)
+    return ProxyData.from_image_data(
+        data,
+        train_indices,
+        calibration_images=calibration_images,
+        validation_images=count,
+        seed=seed,
+        avoid=avoid,
+    )
+
+
 def fit_to_training_split(settings: ProxySettings, train_size: int) -> ProxySettings:
     """``settings`` shrunk to fit a small training split: at most half of it for proxy validation, the
     rest for calibration batches (logged when anything shrinks)."""
@@ -514,6 +547,7 @@ __all__ = [
     "combined_score",
     "default_proxy_data",
     "evaluate_widths",
+    "finalist_proxy_data",
     "fit_to_training_split",
     "recalibrate_batchnorm",
     "score_model",

@@ -109,7 +109,7 @@ class ParticleSwarm:
         return (-self.settings.velocity_clamp, self.settings.velocity_clamp)
 
     def inertia(self, iteration: int) -> float:
-        last = max(1, self.settings.iterations - 1)
+        last = max(1, self.settings.inertia_iterations - 1)
         fraction = min(1.0, iteration / last)
         return (
             self.settings.inertia_start + (self.settings.inertia_end - self.settings.inertia_start) * fraction

@@ -9,28 +9,39 @@ import numpy as np
 
 
 def search_report(path: str | os.PathLike, result, rows: list[dict], full_widths) -> Path:
-    """Three panels: best score per iteration, every evaluation (score vs MACs ratio), and the best
-    architecture's width per group against the full widths. Written atomically."""
+    """Four panels: the best proxy score so far against evaluations and against wall time, every
+    evaluation (score vs MACs ratio, the finalists marked), and the chosen architecture's width per group
+    against the full widths. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     from acp.fileio import atomic_write
 
-    figure, (curve, scatter, bars) = plt.subplots(1, 3, figsize=(16, 4.5))
-    best = [np.nan if value is None else value for value in result.best_per_iteration]
-    curve.plot(range(len(best)), best, marker="o", label="best so far (PSO)")
-    for name, record, style in (
-        ("clustering proposal", result.proposal, "--"),
-        ("uniform ratio", result.uniform, ":"),
-    ):
-        if record is not None and record.get("score") is not None:
-            curve.axhline(record["score"], linestyle=style, color="gray", label=name)
-    curve.set(xlabel="iteration", ylabel="proxy score", title="best proxy score per iteration")
-    curve.legend(loc="lower right", fontsize=8)
-    curve.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure, ((curve, clock), (scatter, bars)) = plt.subplots(2, 2, figsize=(14, 9))
+    best = np.array([np.nan if value is None else value for value in result.best_per_iteration], dtype=float)
+    per_iteration = result.evaluations / max(1, result.iterations)
+    evaluations = per_iteration * np.arange(1, len(best) + 1)
+    curve.plot(evaluations, best, marker="o", markersize=3, label="best so far")
+    seconds = np.asarray(result.elapsed_per_iteration, dtype=float)
+    longest = float(seconds.max()) if len(seconds) else 0.0
+    unit, scale = ("s", 1) if longest < 120 else ("min", 60) if longest < 7200 else ("h", 3600)
+    if len(seconds) == len(best) and len(best):
+        clock.plot(seconds / scale, best, marker="o", markersize=3, label="best so far")
+    else:
+        clock.text(0.5, 0.5, "no wall times recorded (run made before they were)", ha="center",
+                   transform=clock.transAxes)  # fmt: skip
+    for axes in (curve, clock):
+        for name, record, style in (
+            ("clustering proposal", result.proposal, "--"),
+            ("uniform ratio", result.uniform, ":"),
+        ):
+            if record is not None and record.get("score") is not None:
+                axes.axhline(record["score"], linestyle=style, color="gray", label=name)
+        axes.legend(loc="lower right", fontsize=8)
+    curve.set(xlabel="evaluations", ylabel="proxy score", title="best proxy score so far")
+    clock.set(xlabel=f"search wall time ({unit})", ylabel="proxy score", title="best score against time")
 
     ok = [row for row in rows if row["score"] is not None]
     if ok:
@@ -39,8 +50,21 @@ def search_report(path: str | os.PathLike, result, rows: list[dict], full_widths
         colour = np.array([row["iteration"] for row in ok])
         points = scatter.scatter(ratios, scores, c=colour, cmap="viridis", s=12)
         figure.colorbar(points, ax=scatter, label="iteration")
+    finalists = [row for row in getattr(result, "finalists", []) if row.get("score") is not None]
+    if finalists:
+        scatter.scatter(
+            np.array([row["macs"] for row in finalists]) / result.base_macs,
+            [row["score"] for row in finalists],
+            facecolors="none", edgecolors="red", s=60, label=f"finalists ({len(finalists)})",
+        )  # fmt: skip
+        chosen = result.best
+        scatter.scatter(
+            [chosen["macs"] / result.base_macs], [chosen["score"]], marker="*", color="red", s=160,
+            label="chosen (re-ranked)",
+        )  # fmt: skip
     if result.budget.get("flops") is not None:
         scatter.axvline(result.budget["flops"], color="red", linewidth=0.8, label="MACs budget")
+    if finalists or result.budget.get("flops") is not None:
         scatter.legend(loc="lower right", fontsize=8)
     failed = len(rows) - len(ok)
     scatter.set(
@@ -53,9 +77,9 @@ def search_report(path: str | os.PathLike, result, rows: list[dict], full_widths
     positions = np.arange(len(full))
     bars.bar(positions, full, color="lightgray", label="full width")
     if result.best is not None:
-        bars.bar(positions, result.best["widths"], color="tab:blue", label="best architecture")
+        bars.bar(positions, result.best["widths"], color="tab:blue", label="chosen architecture")
     bars.set_xticks(positions, [_short(g) for g in result.group_ids], rotation=90, fontsize=7)
-    bars.set(ylabel="channels", title="widths of the best architecture")
+    bars.set(ylabel="channels", title="widths of the chosen architecture")
     bars.legend(fontsize=8)
     figure.tight_layout()
     try:

@@ -48,6 +48,24 @@ COLUMNS = (
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
+# Finalists re-scored before the winner is picked (acp.search.study), keyed by the finalist evaluator's
+# token and the widths: a result stays valid as long as that evaluator does, so an extended run re-scores
+# only its new finalists.
+FINALIST_COLUMNS = (
+    ("evaluator", "TEXT NOT NULL"),  # the finalist evaluator's token
+    ("widths", "TEXT NOT NULL"),
+    ("macs", "INTEGER"),
+    ("params", "INTEGER"),
+    ("proxy_score", "REAL"),  # the search proxy's score that made it a finalist
+    ("score", "REAL"),  # the finalist score; NULL when failed
+    ("accuracy", "REAL"),
+    ("loss", "REAL"),
+    ("seconds", "REAL"),
+    ("status", "TEXT NOT NULL"),
+    ("worker", "TEXT"),
+)
+FINALIST_COLUMN_NAMES = tuple(name for name, _ in FINALIST_COLUMNS)
+
 
 class History:
     """One row per evaluated candidate, in ``DIR/history.sqlite``."""
@@ -66,6 +84,12 @@ class History:
                         f"CREATE TABLE IF NOT EXISTS evaluations (id INTEGER PRIMARY KEY, {columns})"
                     )
             self._check()
+            finalist_columns = ", ".join(f"{name} {kind}" for name, kind in FINALIST_COLUMNS)
+            with self._db:  # histories written before re-ranking existed get the (empty) table here
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS finalists (id INTEGER PRIMARY KEY, {finalist_columns}, "
+                    "UNIQUE (evaluator, widths))"
+                )
         except sqlite3.DatabaseError as error:
             raise UserError(
                 f"{self.path} is corrupted or not an acp history database: {one_line(error)}"
@@ -99,6 +123,30 @@ class History:
         out = []
         for values in cursor:
             row = dict(zip(COLUMN_NAMES, values))
+            row["widths"] = json.loads(row["widths"])
+            out.append(row)
+        return out
+
+    def add_finalists(self, rows: Iterable[Mapping]) -> None:
+        """Record finalist scores in one transaction (a row already there for the same evaluator and
+        widths is kept: the evaluation is deterministic)."""
+        records = [tuple(_sql_value(row.get(name)) for name in FINALIST_COLUMN_NAMES) for row in rows]
+        placeholders = ", ".join("?" for _ in FINALIST_COLUMN_NAMES)
+        columns = ", ".join(FINALIST_COLUMN_NAMES)
+        with self._db:
+            self._db.executemany(
+                f"INSERT OR IGNORE INTO finalists ({columns}) VALUES ({placeholders})", records
+            )
+
+    def finalists(self, evaluator: str | None = None) -> list[dict]:
+        """Finalist rows in the order they were scored (only ``evaluator``'s when given)."""
+        query = f"SELECT {', '.join(FINALIST_COLUMN_NAMES)} FROM finalists"
+        arguments: tuple = ()
+        if evaluator is not None:
+            query, arguments = query + " WHERE evaluator = ?", (evaluator,)
+        out = []
+        for values in self._db.execute(query + " ORDER BY id", arguments):
+            row = dict(zip(FINALIST_COLUMN_NAMES, values))
             row["widths"] = json.loads(row["widths"])
             out.append(row)
         return out

@@ -54,6 +54,11 @@ class SearchResult:
     budget: dict
     seconds: float
     architecture: object | None = field(default=None, repr=False)
+    # re-ranking: ``best`` is the finalist that won (with ``finalist_score`` etc.); ``proxy_best`` the
+    # highest proxy score (the same candidate when re-ranking is off); ``finalists`` every finalist
+    proxy_best: dict | None = None
+    finalists: list[dict] = field(default_factory=list)
+    elapsed_per_iteration: list[float] = field(default_factory=list)
 
     @property
     def best_widths(self) -> dict[str, int] | None:
@@ -65,8 +70,11 @@ class SearchResult:
 
     def summary_lines(self) -> list[str]:
         lines = [f"{'':<22}{'score':>10}{'accuracy':>10}{'MACs':>9}{'params':>9}"]
+        rows = [("best (PSO)", self.best)]
+        if self.finalists:
+            rows = [("best (re-ranked)", self.best), ("best proxy score", self.proxy_best)]
         for name, record in (
-            ("best (PSO)", self.best),
+            *rows,
             ("clustering proposal", self.proposal),
             ("uniform ratio", self.uniform),
         ):
@@ -83,6 +91,16 @@ class SearchResult:
             f"{self.evaluations} evaluations ({self.failed} failed) in {self.iterations} iterations, "
             f"{self.seconds:.0f} s; stopped: {self.stopped}; MACs counted as FLOPs"
         )
+        if self.finalists:
+            scored = [row for row in self.finalists if row.get("finalist_score") is not None]
+            rank = _proxy_rank(self.finalists, self.best)
+            seconds = sum(row.get("finalist_seconds") or 0.0 for row in self.finalists)
+            score = self.best.get("finalist_score")
+            lines.append(
+                f"re-ranked {len(self.finalists)} finalists ({len(self.finalists) - len(scored)} failed) in "
+                f"{seconds:.0f} s; the winner was #{rank} by proxy score"
+                + ("" if score is None else f" (finalist score {score:.4f})")
+            )
         return lines
 
 
@@ -107,8 +125,12 @@ class Study:
         architecture: Callable | None = None,
         fingerprint: dict | None = None,
         progress: bool = False,
+        finalist_evaluator=None,
+        finalists: int = 0,
     ):
         self.space = space
+        self.finalist_evaluator = finalist_evaluator
+        self.finalists = int(finalists) if finalist_evaluator is not None else 0
         self.evaluator = evaluator
         self.budget = budget
         self.settings = settings
@@ -141,7 +163,8 @@ class Study:
         history = self._open(resume)
         backend = None
         try:
-            if self.state["stopped"] is None or self.state["stopped"] == "time_limit":
+            # a run stopped by its iteration or time limit continues when resumed with a longer one
+            if self.state["stopped"] != "patience" and self._stop_reason() is None:
                 self.state["stopped"] = None
                 backend = make_backend(
                     self.evaluator,
@@ -151,6 +174,11 @@ class Study:
                     scheduler_timeout=self.settings.scheduler_timeout,
                 )
                 self._loop(history, backend)
+            if backend is not None:
+                backend.close()
+                backend = None
+            if self.state["stopped"] is not None:
+                self._rerank(history)
             result = self._result(history)
         except KeyboardInterrupt:
             log.warning(
@@ -191,7 +219,9 @@ class Study:
                 "best_per_iteration": [],
                 "since_improvement": 0,
                 "elapsed": 0.0,
+                "elapsed_per_iteration": [],
                 "stopped": None,
+                "chosen": None,
             }
             self._checkpoint()
             return history
@@ -241,7 +271,7 @@ class Study:
         session_began, session_evaluations = time.perf_counter(), 0
         elapsed_before = state["elapsed"]
         bar = tqdm(
-            total=settings.iterations,
+            total=settings.iteration_limit,
             initial=state["iteration"],
             disable=not self.progress,
             unit="iter",
@@ -265,6 +295,7 @@ class Study:
                 state["evaluations"] += len(rows)
                 state["failed"] += sum(row["score"] is None for row in rows)
                 state["elapsed"] = elapsed_before + (time.perf_counter() - session_began)
+                state.setdefault("elapsed_per_iteration", []).append(state["elapsed"])
                 self._checkpoint()
                 session_evaluations += len(rows)
                 bar.update(1)
@@ -277,7 +308,8 @@ class Study:
 
     def _stop_reason(self) -> str | None:
         state, settings = self.state, self.settings
-        if state["iteration"] >= settings.iterations:
+        limit = settings.iteration_limit
+        if limit is not None and state["iteration"] >= limit:
             return "iterations"
         if settings.patience and state["since_improvement"] >= settings.patience:
             return "patience"
@@ -326,20 +358,95 @@ class Study:
         if improved:
             self._write_best()
 
-    def _write_best(self) -> None:
+    def _write_best(self, best: dict | None = None, **extra) -> None:
         if self.architecture is None:
             return
-        best = self.state["best"]
+        best = best or self.state["best"]
         provenance = {
             "source": "search",
             "seed": self.settings.seed,
             "criterion": self.settings.criterion,
             "evaluations": best["evaluations"],
             "proxy_score": best["score"],
+            **extra,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         architecture = self.architecture(best["widths"], budget=self.budget.as_dict(), provenance=provenance)
         architecture.save(self.run_dir / BEST_ARCH_FILE)
+
+    # --- re-ranking the finalists ------------------------------------------------------------------
+
+    def _finalist_candidates(self, history: store.History) -> list[dict]:
+        """The ``finalists`` best distinct width vectors by proxy score (earlier evaluation first on
+        ties), each as its first history row."""
+        best: dict[tuple, dict] = {}
+        for number, row in enumerate(history.rows(), start=1):
+            key = tuple(row["widths"])
+            if row["score"] is not None and key not in best:
+                best[key] = {**row, "evaluations": number}
+        ranked = sorted(best.values(), key=lambda row: (-row["score"], row["evaluations"]))
+        return ranked[: self.finalists]
+
+    def _rerank(self, history: store.History) -> None:
+        """Score the finalists with the finalist evaluator (rows recorded in ``history.sqlite`` as they
+        come, so an interrupted re-ranking resumes), then make the best of them ``best_arch.json``."""
+        state = self.state
+        if not self.finalists or state["best"] is None:
+            state["chosen"] = None
+            return
+        token = str(getattr(self.finalist_evaluator, "token", None))
+        candidates = self._finalist_candidates(history)
+        scored = {tuple(row["widths"]): row for row in history.finalists(token)}
+        todo = [row for row in candidates if tuple(row["widths"]) not in scored]
+        if todo:
+            log.info("re-ranking %d finalists (%d to score)", len(candidates), len(todo))
+            backend = make_backend(
+                self.finalist_evaluator,
+                workers=min(self.settings.workers, len(todo)),
+                backend=self.settings.backend,
+                dask_scheduler=self.settings.dask_scheduler,
+                scheduler_timeout=self.settings.scheduler_timeout,
+            )
+            try:
+                step = max(1, self.settings.workers)
+                for start in range(0, len(todo), step):
+                    chunk = todo[start : start + step]
+                    records = backend.map([row["widths"] for row in chunk])
+                    rows = [
+                        {
+                            **record,
+                            "evaluator": token,
+                            "widths": row["widths"],
+                            "macs": row["macs"],
+                            "params": row["params"],
+                            "proxy_score": row["score"],
+                        }
+                        for row, record in zip(chunk, records)
+                    ]
+                    history.add_finalists(rows)
+                    scored.update((tuple(row["widths"]), row) for row in rows)
+            finally:
+                backend.close()
+        finalists = [
+            {
+                **_summary(row),
+                "evaluations": row["evaluations"],
+                **_finalist_fields(scored[tuple(row["widths"])]),
+            }
+            for row in candidates
+        ]
+        ok = [row for row in finalists if row["finalist_score"] is not None]
+        chosen = max(ok, key=lambda row: row["finalist_score"]) if ok else {**state["best"]}
+        previous = state.get("chosen")
+        state["finalists"], state["chosen"] = finalists, chosen
+        self._checkpoint()
+        if previous != chosen:
+            self._write_best(
+                chosen,
+                finalist_score=chosen.get("finalist_score"),
+                finalists=len(finalists),
+                proxy_rank=_proxy_rank(finalists, chosen),
+            )
 
     def _checkpoint(self) -> None:
         store.write_checkpoint(
@@ -371,10 +478,14 @@ class Study:
             from acp.core.architecture import Architecture
 
             architecture = Architecture.load(best_path)
+        chosen = state.get("chosen") if self.finalists else None
         return SearchResult(
             run_dir=self.run_dir,
             group_ids=tuple(group.id for group in self.space.groups),
-            best=state["best"],
+            best=chosen or state["best"],
+            proxy_best=state["best"],
+            finalists=list(state.get("finalists") or []) if chosen else [],
+            elapsed_per_iteration=list(state.get("elapsed_per_iteration") or []),
             proposal=state["proposal"],
             uniform=state["uniform"],
             iterations=state["iteration"],
@@ -401,6 +512,21 @@ class Study:
             search_report(self.run_dir / REPORT_FILE, result, rows, self.space.full_widths())
         except Exception as error:  # a plot must never cost the user the search result
             log.warning("could not write %s: %s", self.run_dir / REPORT_FILE, error)
+
+
+def _proxy_rank(finalists: list[dict], chosen: dict) -> int:
+    """1 + the chosen candidate's position among the finalists (ordered by proxy score)."""
+    return 1 + next((i for i, row in enumerate(finalists) if row["widths"] == chosen["widths"]), 0)
+
+
+def _finalist_fields(row: dict) -> dict:
+    return {
+        "finalist_score": row.get("score"),
+        "finalist_accuracy": row.get("accuracy"),
+        "finalist_loss": row.get("loss"),
+        "finalist_seconds": row.get("seconds"),
+        "finalist_status": row.get("status"),
+    }
 
 
 def _summary(row: dict) -> dict:

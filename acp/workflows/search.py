@@ -60,13 +60,16 @@ def search(
 ) -> SearchResult:
     """Search ``config`` (a TOML path or :class:`RunSettings`) under a MACs/params budget into ``out``;
     or continue the run in directory ``resume``. Keyword overrides win over the config's values; on
-    resume only the execution settings (workers, backend, dask_scheduler, time_limit) may change.
+    resume only the execution settings (iterations, time_limit, workers, backend, dask_scheduler) may
+    change: a run resumed with a larger ``iterations`` or ``time_limit`` continues exactly where it stopped.
+    With a ``time_limit`` and no ``iterations`` the search runs until the time is up (anytime).
 
     Returns a :class:`~acp.search.study.SearchResult` (best widths and score, the clustering proposal's
     and the uniform baseline's records, ``architecture`` = the saved ``best_arch.json``).
     """
-    choices = {"iterations": iterations, "particles": particles, "seed": seed, "patience": patience}
+    choices = {"particles": particles, "seed": seed, "patience": patience}
     execution = {
+        "iterations": iterations,
         "workers": workers,
         "backend": backend,
         "dask_scheduler": dask_scheduler,
@@ -105,7 +108,12 @@ def _with_overrides(settings: RunSettings, flops, params, choices: Mapping) -> R
 
 
 def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) -> SearchResult:
-    from acp.proxy.evaluator import ProxyEvaluator, default_proxy_data, fit_to_training_split
+    from acp.proxy.evaluator import (
+        ProxyEvaluator,
+        default_proxy_data,
+        finalist_proxy_data,
+        fit_to_training_split,
+    )
     from acp.workflows.problem import load_problem
 
     settings.budget.require("acp search")
@@ -122,6 +130,16 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
     evaluator = ProxyEvaluator(
         problem.model, space, criterion, proxy_data, proxy_settings, identity=problem.identity
     )
+    finalist_evaluator = None
+    if settings.rerank.finalists:
+        finalist_settings = settings.rerank.proxy_settings(proxy_settings)
+        finalist_data = finalist_proxy_data(
+            data, splits.train, proxy_settings, finalist_settings, seed=settings.data.seed
+        )
+        finalist_settings = finalist_settings.replace(validation_images=len(finalist_data.validation_labels))
+        finalist_evaluator = ProxyEvaluator(
+            problem.model, space, criterion, finalist_data, finalist_settings, identity=problem.identity
+        )
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
@@ -135,6 +153,8 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         proposal_widths=proposal_widths,
         progress=progress,
         fingerprint={"data": proxy_data.description},
+        finalist_evaluator=finalist_evaluator,
+        finalists=settings.rerank.finalists,
     )
     try:
         return study.run(resume=resume)

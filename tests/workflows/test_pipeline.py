@@ -33,7 +33,7 @@ def test_run_searches_then_finetunes_into_one_directory(config, tmp_path, capsys
     out = tmp_path / "run"
     assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "best (PSO)" in printed and "val accuracy" in printed
+    assert "best (re-ranked)" in printed and "val accuracy" in printed
     for name in (
         "best_arch.json",
         "history.sqlite",
