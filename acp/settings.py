@@ -314,6 +314,9 @@ class SearchSettings(Section):
 
     SECTION: ClassVar[str] = "search"
     particles: int = setting(12, int, *at_least(2))
+    # "pso": the particle swarm (seeded by the clustering proposal); "random": uniform random keep
+    # ratios, a baseline (no proposal, no uniform candidate), with the same repair, proxy and re-ranking
+    engine: str = setting("pso", str, *one_of("pso", "random"))
     # Stop rules (execution: a resumed run may be given a longer one and continues where it stopped).
     # iterations unset: DEFAULT_ITERATIONS, or no iteration limit when a time_limit is given (anytime).
     iterations: int | None = setting(None, (int, NONE), *optional(POSITIVE), execution=True)

@@ -34,6 +34,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "a larger value on --resume extends a finished run)",
     )
     parser.add_argument("--particles", type=_positive_int, help="particles per iteration")
+    parser.add_argument(
+        "--engine", choices=["pso", "random"], help="pso (default) or random search (a baseline)"
+    )
     parser.add_argument("--seed", type=_non_negative_int, help="seed of the search")
     parser.add_argument(
         "--patience", type=_non_negative_int, help="stop after N iterations without improvement (0: never)"
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         params=args.params,
         iterations=args.iterations,
         particles=args.particles,
+        engine=args.engine,
         seed=args.seed,
         patience=args.patience,
         workers=args.workers,

@@ -25,6 +25,7 @@ from acp.search import store
 from acp.search.backends import make_backend
 from acp.search.encoding import KeepRatioEncoding
 from acp.search.pso import ParticleSwarm
+from acp.search.random_search import RandomSearch
 from acp.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class SearchResult:
 
     def summary_lines(self) -> list[str]:
         lines = [f"{'':<22}{'score':>10}{'accuracy':>10}{'MACs':>9}{'params':>9}"]
-        rows = [("best (PSO)", self.best)]
+        rows = [("best (search)", self.best)]
         if self.finalists:
             rows = [("best (re-ranked)", self.best), ("best proxy score", self.proxy_best)]
         for name, record in (
@@ -198,7 +199,8 @@ class Study:
         history_path = self.run_dir / store.HISTORY_FILE
         lower, upper = self.encoding.bounds
         proposal = None if self.proposal_widths is None else self.encoding.encode(self.proposal_widths)
-        self.swarm = ParticleSwarm(self.settings, lower, upper, proposal=proposal)
+        engine = {"pso": ParticleSwarm, "random": RandomSearch}[self.settings.engine]
+        self.swarm = engine(self.settings, lower, upper, proposal=proposal)
         if not resume:
             existing = [name for name in RUN_STATE_FILES if (self.run_dir / name).exists()]
             if existing or (self.run_dir.exists() and not self.run_dir.is_dir()):
@@ -344,7 +346,7 @@ class Study:
 
     def _update_best(self, iteration: int, rows: list[dict]) -> None:
         state = self.state
-        if iteration == 0:
+        if iteration == 0 and getattr(self.swarm, "anchors", True):
             state["proposal"], state["uniform"] = _summary(rows[0]), _summary(rows[1])
         improved = False
         for row in rows:

@@ -50,6 +50,7 @@ def search(
     params: float | None = None,
     iterations: int | None = None,
     particles: int | None = None,
+    engine: str | None = None,
     seed: int | None = None,
     patience: int | None = None,
     workers: int | None = None,
@@ -67,7 +68,7 @@ def search(
     Returns a :class:`~acp.search.study.SearchResult` (best widths and score, the clustering proposal's
     and the uniform baseline's records, ``architecture`` = the saved ``best_arch.json``).
     """
-    choices = {"particles": particles, "seed": seed, "patience": patience}
+    choices = {"particles": particles, "engine": engine, "seed": seed, "patience": patience}
     execution = {
         "iterations": iterations,
         "workers": workers,

@@ -157,3 +157,16 @@ def test_an_extended_run_rescores_only_new_finalists(space, tmp_path):
     current = {str(row["widths"]) for row in result.finalists}
     assert later.calls == len(current - before)
     assert result.best["finalist_score"] == max(row["finalist_score"] for row in result.finalists)
+
+
+def test_the_random_engine_is_a_resumable_baseline(space, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    result = make_study(space, whole, iterations=4, engine="random").run()
+    assert result.proposal is None and result.uniform is None and result.evaluations == 20
+    widths = [row[2] for row in rows(whole)]
+    assert len(set(widths)) == 20  # uniform draws: no particle starts at the proposal or repeats
+    make_study(space, cut, iterations=2, engine="random").run()
+    make_study(space, cut, iterations=4, engine="random").run(resume=True)
+    assert rows(cut) == rows(whole)
+    other = make_study(space, tmp_path / "other", iterations=4, engine="random", seed=5).run()
+    assert other.best["widths"] != result.best["widths"]
