@@ -32,14 +32,18 @@ class DemoSizes:
     finetune_epochs: int
     calibration_batches: int
     validation_images: int
+    finalists: int
+    finalist_steps: int
 
 
 FULL = DemoSizes(
-    base_epochs=6, particles=8, iterations=6, finetune_epochs=6, calibration_batches=8, validation_images=400
-)
+    base_epochs=6, particles=8, iterations=6, finetune_epochs=6, calibration_batches=8, validation_images=400,
+    finalists=3, finalist_steps=25,
+)  # fmt: skip
 QUICK = DemoSizes(
-    base_epochs=2, particles=4, iterations=2, finetune_epochs=1, calibration_batches=4, validation_images=200
-)
+    base_epochs=2, particles=4, iterations=2, finetune_epochs=1, calibration_batches=4, validation_images=200,
+    finalists=2, finalist_steps=5,
+)  # fmt: skip
 
 
 @dataclass
@@ -105,6 +109,7 @@ def run_demo(
             "calibration_batch_size": 32,
             "validation_images": sizes.validation_images,
         },
+        "rerank": {"finalists": sizes.finalists, "finetune_steps": sizes.finalist_steps},
     }
     config = RunSettings.from_document(document, source="acp demo")
     (out_dir / "demo_config.toml").write_text(config.to_toml())
