@@ -447,13 +447,19 @@ class RerankSettings(Section):
     SECTION: ClassVar[str] = "rerank"
     finalists: int = setting(5, int, *NON_NEGATIVE)
     finetune_steps: int = setting(100, int, *NON_NEGATIVE)
+    # batches of [proxy].calibration_batch_size training images for the finetune steps (cycled) and the
+    # BatchNorm recalibration; their own slice, so a cheap search proxy does not starve the finalists
+    calibration_batches: int = setting(20, int, *POSITIVE)
     validation_images: int = setting(5000, int, *POSITIVE)  # disjoint from the proxy's validation images
     score: str = _like(ProxySettings, "score", default="loss")
 
     def proxy_settings(self, proxy: ProxySettings) -> ProxySettings:
         """The [proxy] settings of a finalist evaluation."""
         return proxy.replace(
-            finetune_steps=self.finetune_steps, validation_images=self.validation_images, score=self.score
+            finetune_steps=self.finetune_steps,
+            calibration_batches=self.calibration_batches,
+            validation_images=self.validation_images,
+            score=self.score,
         )
 
 

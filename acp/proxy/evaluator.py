@@ -482,29 +482,28 @@ def default_proxy_data(data, train_indices: np.ndarray, settings: ProxySettings,
 def finalist_proxy_data(
     data, train_indices: np.ndarray, proxy: ProxySettings, finalist: ProxySettings, *, seed: int
 ) -> ProxyData:
-    """ProxyData for re-scoring finalists: the search proxy's calibration images (``proxy`` and
-    ``finalist`` must agree on them) and ``finalist.validation_images`` validation images disjoint from
-    the search proxy's validation images -- as many as the training split has left (at least one; on a
-    split too small for that, the search proxy's own validation images are reused, with a warning)."""
+    """ProxyData for re-scoring finalists: ``finalist.calibration_images`` calibration images and
+    ``finalist.validation_images`` validation images disjoint from the search proxy's validation images
+    (and from the finalists' calibration images) -- as many as the training split has left; on a split
+    too small for even one, the search proxy's own validation images are reused, with a warning."""
     from acp.proxy.data import proxy_slices
 
-    calibration_images = max(1, proxy.calibration_images)
-    if max(1, finalist.calibration_images) != calibration_images:
-        raise UserError("finalist proxy data: the finalists' calibration images must be the search proxy's")
-    calibration, used = proxy_slices(
-        data.labels, train_indices, calibration_images, proxy.validation_images, seed=seed
+    train = np.unique(np.asarray(train_indices, dtype=np.int64))
+    _, used = proxy_slices(
+        data.labels, train, max(1, proxy.calibration_images), proxy.validation_images, seed=seed
     )
-    left = len(np.unique(train_indices)) - len(calibration) - len(used)
-    avoid = used
-    count = min(finalist.validation_images, left)
+    calibration_images = min(max(1, finalist.calibration_images), len(train) - 1)
+    calibration, _ = proxy_slices(data.labels, train, calibration_images, 1, seed=seed)
+    left = len(np.setdiff1d(np.setdiff1d(train, calibration), used))
+    avoid, count = used, min(finalist.validation_images, left)
     if count < 1:
         log.warning("training split too small: finalists are re-scored on the search's validation images")
-        avoid, count = None, min(finalist.validation_images, len(np.unique(train_indices)) - len(calibration))
+        avoid, count = None, min(finalist.validation_images, len(train) - calibration_images)
     elif count < finalist.validation_images:
         log.info("finalists are re-scored on %d validation images (all the training split has left)", count)
     return ProxyData.from_image_data(
         data,
-        train_indices,
+        train,
         calibration_images=calibration_images,
         validation_images=count,
         seed=seed,

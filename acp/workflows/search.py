@@ -133,7 +133,9 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
     )
     finalist_evaluator = None
     if settings.rerank.finalists:
-        finalist_settings = settings.rerank.proxy_settings(proxy_settings)
+        finalist_settings = fit_to_training_split(
+            settings.rerank.proxy_settings(proxy_settings), len(splits.train)
+        )
         finalist_data = finalist_proxy_data(
             data, splits.train, proxy_settings, finalist_settings, seed=settings.data.seed
         )
