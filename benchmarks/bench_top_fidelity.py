@@ -1,7 +1,7 @@
 """Fidelity of the proxy among the candidates a search chooses between: the top of a PSO run.
 
     python benchmarks/bench_top_fidelity.py [--run /tmp/acp14/pso30] [--top 20]
-        [--work /tmp/acp14/top_fidelity] [--stages variants,truth0,truth1,timing] [--shard I/N]
+        [--work /tmp/acp14/top_fidelity] [--stages recal,truth0,steps,timing,truth1] [--shard I/N]
         [--threads 1] [--repeats 3] [--quick] [--no-write]
 
 Candidates: the ``--top`` distinct width vectors of a finished ``acp search`` run by recorded proxy score
@@ -60,7 +60,7 @@ from bench_proxy_fidelity import append_jsonl, per_image, read_jsonl  # noqa: E4
 
 TITLE = "Proxy fidelity among top candidates (bench_top_fidelity.py)"
 CALIBRATION_BATCH = 64
-STAGES = ("truth0", "variants", "truth1", "timing")
+STAGES = ("recal", "truth0", "steps", "timing", "truth1")
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,10 @@ class Plan:
         full, largest = self.calibration_batches[-1], self.fresh_validation[-1]
         cheap = [(k, v, 0) for k in self.calibration_batches for v in self.search_validation]
         cheap.append((full, largest, 0))
-        # with steps: the search's slice size for the cheaper step counts (a search proxy), the largest
-        # fresh slice for all (re-ranking)
-        steps = [(full, self.default_validation, n) for n in self.steps if n <= 50]
-        steps += [(full, largest, n) for n in self.steps]
+        # with steps: the search's slice size (a search proxy; a fresh slice of that size costs the same),
+        # and the largest fresh slice for the most steps (re-ranking)
+        steps = [(full, self.default_validation, n) for n in self.steps]
+        steps.append((full, largest, max(self.steps)))
         return tuple(dict.fromkeys(cheap + steps))
 
 
@@ -113,7 +113,7 @@ QUICK = Plan(
     finetune_images=256,
     selection_images=300,
     repeats=1,
-    timing=((4, 200, 0), (2, 100, 0), (4, 400, 2)),
+    timing=((4, 200, 0), (2, 100, 0), (4, 400, 4)),
 )
 
 
@@ -296,9 +296,9 @@ def top_candidates(history: Path, top: int) -> list[dict]:
 # --- stages ------------------------------------------------------------------------------------------
 
 
-def score_slices(study: Study, model, family: str = "") -> dict[str, list]:
-    """Per slice name (all, or those starting with ``family``): [correct, mean loss] of ``model``."""
-    names = [name for name in study.positions if name.startswith(family)]
+def score_slices(study: Study, model, keep=lambda name: True) -> dict[str, list]:
+    """Per slice name (those ``keep`` accepts): [correct, mean loss] of ``model``."""
+    names = [name for name in study.positions if keep(name)]
     needed = np.unique(np.concatenate([study.positions[name] for name in names]))
     correct, losses = per_image(
         model, study.proxy.validation_images[needed], study.proxy.validation_labels[needed]
@@ -310,9 +310,9 @@ def score_slices(study: Study, model, family: str = "") -> dict[str, list]:
     return scores
 
 
-def variants(study: Study, widths) -> dict:
-    """Pass A (recalibration snapshots after K batches) and pass B (finetune-step snapshots)."""
-    from acp.proxy.evaluator import batchnorm_layers, recalibrate_batchnorm
+def recalibration_pass(study: Study, widths) -> dict:
+    """Pass A: BatchNorm recalibration snapshots after K batches, scored on the slices."""
+    from acp.proxy.evaluator import batchnorm_layers
     from acp.prune import materialize
 
     plan, proxy = study.plan, study.proxy
@@ -320,10 +320,6 @@ def variants(study: Study, widths) -> dict:
     arch = study.evaluator.architecture(widths)
     model = materialize(study.model, arch, study.space).eval()
     batches = proxy.calibration_batches(CALIBRATION_BATCH, plan.calibration_batches[-1])
-    labels = [
-        proxy.calibration_labels[i * CALIBRATION_BATCH : (i + 1) * CALIBRATION_BATCH]
-        for i in range(len(batches))
-    ]
     record: dict = {}
     norms = batchnorm_layers(model)
     for norm in norms:  # the evaluator's recalibration, one cumulative pass, snapshots at each K
@@ -336,13 +332,29 @@ def variants(study: Study, widths) -> dict:
             model(batch)
         if index in plan.calibration_batches:
             # small K is a candidate for the search's proxy: only the search's slices
-            record[f"K{index}"] = score_slices(
-                study, model, "" if index == plan.calibration_batches[-1] else "v"
-            )
+            full = index == plan.calibration_batches[-1]
+            record[f"K{index}"] = score_slices(study, model, lambda name, full=full: full or name[0] == "v")
     record["A/seconds"] = time.perf_counter() - began
+    return record
 
+
+def steps_pass(study: Study, widths) -> dict:
+    """Pass B: snapshots of one run of SGD steps, each recalibrated on all batches and scored (the
+    largest step count on every slice, the smaller ones on the search's default and a same-sized fresh
+    slice, to save forwards)."""
+    from acp.proxy.evaluator import recalibrate_batchnorm
+    from acp.prune import materialize
+
+    plan, proxy = study.plan, study.proxy
     began = time.perf_counter()
-    model = materialize(study.model, arch, study.space)
+    batches = proxy.calibration_batches(CALIBRATION_BATCH, plan.calibration_batches[-1])
+    labels = [
+        proxy.calibration_labels[i * CALIBRATION_BATCH : (i + 1) * CALIBRATION_BATCH]
+        for i in range(len(batches))
+    ]
+    record: dict = {}
+    small = {f"v{plan.default_validation}", f"f{plan.default_validation}"}
+    model = materialize(study.model, study.evaluator.architecture(widths), study.space)
     settings = study.evaluator.settings
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -360,7 +372,7 @@ def variants(study: Study, widths) -> dict:
             loss = torch.nn.functional.cross_entropy(
                 model(batches[(step - 1) % len(batches)]), labels[(step - 1) % len(batches)]
             )
-            train_losses.append(float(loss))
+            train_losses.append(float(loss.detach()))
             if not torch.isfinite(loss):
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -369,11 +381,20 @@ def variants(study: Study, widths) -> dict:
             if step in plan.steps:
                 snapshot = copy.deepcopy(model)
                 recalibrate_batchnorm(snapshot, batches)
-                record[f"S{step}"] = score_slices(study, snapshot)
+                last = step == max(plan.steps)
+                record[f"S{step}"] = score_slices(
+                    study, snapshot, lambda name, last=last: last or name in small
+                )
                 model.train()
     record["train_losses"] = train_losses
     record["B/seconds"] = time.perf_counter() - began
     return record
+
+
+def read_variants(work: Path) -> dict[str, dict]:
+    """Both passes' cached records merged per candidate (a candidate without pass A is left out)."""
+    steps = read_jsonl(work / "steps.jsonl")
+    return {key: {**steps.get(key, {}), **record} for key, record in read_jsonl(work / "recal.jsonl").items()}
 
 
 def finetune_truth(study: Study, widths, seed: int, threads: int) -> dict:
@@ -419,7 +440,7 @@ def timing(study: Study, work: Path, threads: int) -> None:
     from acp.proxy.evaluator import ProxyEvaluator
 
     plan, proxy = study.plan, study.proxy
-    cached = read_jsonl(work / "variants.jsonl")
+    cached = read_variants(work)
     evaluators = {}
     names = {}
     for k, v, n in plan.cost_classes():
@@ -556,7 +577,7 @@ def agreement(proxy: list[float], truth: list[float]) -> dict:
 
 def report(study: Study, work: Path, started: datetime.datetime, write: bool) -> None:
     plan = study.plan
-    proxies = read_jsonl(work / "variants.jsonl")
+    proxies = read_variants(work)
     truths = read_jsonl(work / "truth.jsonl")
     cands = [c for c in study.candidates if c["key"] in proxies and f"{c['key']}|0" in truths]
     tops = [c for c in cands if c["role"].startswith("top")]
@@ -737,18 +758,23 @@ def _load() -> float:
 def run_stage(study: Study, work: Path, stage: str, candidate: dict, threads: int) -> None:
     """One candidate's variants or seed-N finetune, unless cached."""
     plan, key, name = study.plan, candidate["key"], f"[{candidate['role']} {candidate['rank']}]"
-    if stage == "variants":
-        if key in read_jsonl(work / "variants.jsonl"):
+    if stage in ("recal", "steps"):
+        path = work / f"{stage}.jsonl"
+        if key in read_jsonl(path):
             return
-        record = {"key": key, **variants(study, candidate["widths"])}
-        append_jsonl(work / "variants.jsonl", record)
-        correct, loss = record[f"K{plan.calibration_batches[-1]}"][f"v{plan.default_validation}"]
-        score = (correct + 1 / (1 + loss)) / plan.default_validation
-        print(
-            f"{name} variants: default score {score:.6f} (search recorded {candidate['search_score']}), "
-            f"{record['A/seconds']:.0f} + {record['B/seconds']:.0f} s",
-            flush=True,
-        )
+        run = recalibration_pass if stage == "recal" else steps_pass
+        record = {"key": key, **run(study, candidate["widths"])}
+        append_jsonl(path, record)
+        if stage == "recal":
+            correct, loss = record[f"K{plan.calibration_batches[-1]}"][f"v{plan.default_validation}"]
+            score = (correct + 1 / (1 + loss)) / plan.default_validation
+            print(
+                f"{name} recal: default score {score:.6f} (search recorded {candidate['search_score']}), "
+                f"{record['A/seconds']:.0f} s",
+                flush=True,
+            )
+        else:
+            print(f"{name} steps: {record['B/seconds']:.0f} s", flush=True)
         return
     seed = int(stage[-1])
     if f"{key}|{seed}" in read_jsonl(work / "truth.jsonl"):
@@ -768,7 +794,7 @@ def main(argv=None) -> None:
     parser.add_argument("--run", default="/tmp/acp14/pso30", help="a finished acp search run directory")
     parser.add_argument("--top", type=int, default=None)
     parser.add_argument("--work", default=None, help="cache directory (default /tmp/acp14/top_fidelity)")
-    parser.add_argument("--stages", default="variants,truth0,truth1", help=f"comma list of {STAGES}")
+    parser.add_argument("--stages", default="recal,truth0,steps,truth1", help=f"comma list of {STAGES}")
     parser.add_argument("--shard", default="0/1", help="I/N: this process handles candidates I, I+N, ...")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats")

@@ -24,13 +24,14 @@ def test_quick_mode_runs_and_caches(tmp_path):
         "--work",
         str(work),
         "--stages",
-        "truth0,variants,truth1,timing",
+        "recal,truth0,steps,timing,truth1",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| proxy variant | Spearman top |" in done.stdout
     assert "Noise ceiling" in done.stdout
-    variants = [json.loads(line) for line in (work / "variants.jsonl").read_text().splitlines()]
+    variants = [json.loads(line) for line in (work / "recal.jsonl").read_text().splitlines()]
+    assert len((work / "steps.jsonl").read_text().splitlines()) == 4
     truths = [json.loads(line) for line in (work / "truth.jsonl").read_text().splitlines()]
     assert len(variants) == 4 and len(truths) == 8  # 3 top + 1 reference, seeds 0 and 1
     # the snapshot passes reproduce real ProxyEvaluator evaluations (the timing stage compares them)
