@@ -359,6 +359,7 @@ class Study:
         state["best_per_iteration"].append(None if best is None else best["score"])
         if improved:
             self._write_best()
+            state["best_arch_is_chosen"] = False  # best_arch.json holds the best proxy score until re-ranked
 
     def _write_best(self, best: dict | None = None, **extra) -> None:
         if self.architecture is None:
@@ -442,13 +443,15 @@ class Study:
         previous = state.get("chosen")
         state["finalists"], state["chosen"] = finalists, chosen
         self._checkpoint()
-        if previous != chosen:
+        if previous != chosen or not state.get("best_arch_is_chosen"):
             self._write_best(
                 chosen,
                 finalist_score=chosen.get("finalist_score"),
                 finalists=len(finalists),
                 proxy_rank=_proxy_rank(finalists, chosen),
             )
+            state["best_arch_is_chosen"] = True
+            self._checkpoint()
 
     def _checkpoint(self) -> None:
         store.write_checkpoint(

@@ -173,3 +173,19 @@ def test_the_random_engine_is_a_resumable_baseline(space, tmp_path):
     assert rows(cut) == rows(whole)
     other = make_study(space, tmp_path / "other", iterations=4, engine="random", seed=5).run()
     assert other.best["widths"] != result.best["widths"]
+
+
+def test_best_arch_holds_the_reranked_winner_after_every_kind_of_resume(space, tmp_path):
+    run_dir = tmp_path / "run"
+    make_study(space, run_dir, iterations=2, finalist_evaluator=Counting(space), finalists=2).run()
+    for iterations, interrupt_at in ((8, 1), (8, None), (10, None)):
+        finalist = Counting(space, interrupt_at=interrupt_at)
+        study = make_study(space, run_dir, iterations=iterations, finalist_evaluator=finalist, finalists=2)
+        if interrupt_at is not None:  # Ctrl-C while re-ranking an extended run
+            with pytest.raises(KeyboardInterrupt):
+                study.run(resume=True)
+            continue
+        result = study.run(resume=True)
+        arch = Architecture.load(run_dir / "best_arch.json")
+        assert list(arch.widths.values()) == result.best["widths"]
+        assert arch.provenance["finalist_score"] == result.best["finalist_score"]
