@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,20 +48,41 @@ def test_torch_pruning_row_is_exactly_what_torch_pruning_builds(bench_quality):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_quality.py", "bench_latency.py"])
+@pytest.mark.parametrize("script", ["bench_latency.py"])
 def test_quick_mode_runs(script, tmp_path):
     shared_file("models", "resnet20_cifar10.pt")
-    extra = ["--out", str(tmp_path / "quality")] if script == "bench_quality.py" else []
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", *extra],
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "| method |" in done.stdout or "| base model |" in done.stdout
-    if script == "bench_quality.py":
-        for label in ("Torch-Pruning", "HRank", "random search", "DBSCAN", "--distill"):
-            assert label in done.stdout
-        saved = sorted((tmp_path / "quality_quick").glob("flops*/*/seed0/weights.pt"))
-        assert len(saved) == 2 * 8  # every method at both budgets
+    assert "| base model |" in done.stdout
+
+
+QUALITY_ROWS = ("uniform_l2", "tp_global", "proposal_l2", "random_l2", "acp")
+
+
+@pytest.mark.slow
+def test_bench_quality_quick_runs_every_default_row_and_resumes(tmp_path):
+    """``bench_quality.py --quick`` takes every default row through choice, finetune and report (about
+    1.5 CPU-minutes), and the same command run again reuses every saved search and finetune."""
+    shared_file("models", "resnet20_cifar10.pt")
+    command = [sys.executable, str(BENCHMARKS / "bench_quality.py"), "--quick", "--out", str(tmp_path / "q")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| row |" in done.stdout and "Verdict at 70% MACs" in done.stdout
+    for label in ("uniform widths + l2", "Torch-Pruning", "clustering proposal + l2", "random search + l2"):
+        assert label in done.stdout
+    folder = tmp_path / "q_quick" / "flops0.7"
+    for row in QUALITY_ROWS:
+        assert (folder / row / "seed0" / "weights.pt").is_file(), row
+    for row in ("acp", "random_l2"):  # the searched rows ran acp's search (history, re-ranked finalists)
+        assert (folder / row / "search0" / "run" / "history.sqlite").is_file()
+        choice = json.loads((folder / row / "search0" / "choice.json").read_text())
+        assert choice["evaluations"] == 8 and choice["finalists"] == 2, choice
+    again = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[70%]" not in again.stdout  # nothing chosen or finetuned again
+    assert again.stdout.count("| **acp default**") == 1
