@@ -12,6 +12,12 @@ budget repair) and the particles move there. pyswarms' ``VelocityHandler("adjust
 PSO velocity (it returns ``position - memory`` of the *old* position), so "adjust" is done here: the
 velocity becomes the displacement actually made, old position -> repaired position, clamped.
 
+Re-seeding (``reseed_after`` > 0): a particle that has stayed within ``reseed_radius`` (RMS keep-ratio
+distance) of the swarm's best for ``reseed_after`` consecutive iterations has collapsed onto it and adds
+nothing but duplicate evaluations; its next position is drawn uniformly in the bounds, with a fresh random
+velocity, and its personal best is forgotten (the swarm's best is kept: the particle holding it is never
+re-seeded). Measured on the engine benchmark (benchmarks/RESULTS.md, "Search engines").
+
 Costs follow pyswarms (minimized); the study passes ``-score`` and ``+inf`` for failed candidates.
 """
 
@@ -32,7 +38,8 @@ from acp.search._pyswarms import (
 )
 from acp.settings import SearchSettings
 
-STATE_FORMAT = "acp.pso/1"
+STATE_FORMAT = "acp.pso/2"  # /2 adds collapsed_for (re-seeding); /1 loads with zeros
+OLD_FORMATS = ("acp.pso/1",)
 
 
 def initial_positions(
@@ -103,6 +110,9 @@ class ParticleSwarm:
             current_cost=np.full(settings.particles, np.inf),
         )
         self.iteration = 0  # iterations told so far
+        # consecutive iterations each particle has spent within reseed_radius of the swarm's best
+        self.collapsed_for = np.zeros(settings.particles, dtype=np.int64)
+        self._pending_reseed = np.zeros(settings.particles, dtype=bool)
 
     @property
     def clamp(self) -> tuple[float, float]:
@@ -131,8 +141,25 @@ class ParticleSwarm:
         social = self.settings.c2 * self.rng.random(shape) * (swarm.best_pos - swarm.position)
         velocity = swarm.options["w"] * swarm.velocity + cognitive + social
         velocity = self.velocity_handler(velocity, self.clamp, position=swarm.position, bounds=self.bounds)
+        position = self.boundary(swarm.position + velocity, self.bounds)
+        reseed = self._collapsed()
+        if reseed.any():
+            count = int(reseed.sum())
+            position[reseed] = self.rng.uniform(self.lower, self.upper, size=(count, len(self.lower)))
+            velocity = velocity.copy()
+            velocity[reseed] = self.rng.uniform(*self.clamp, size=(count, len(self.lower)))
+        self._pending_reseed = reseed
         self._pending_velocity = velocity
-        return self.boundary(swarm.position + velocity, self.bounds)
+        return position
+
+    def _collapsed(self) -> np.ndarray:
+        """Particles to re-seed at this ask: collapsed long enough, and not the one holding the best."""
+        after = self.settings.reseed_after
+        if not after:
+            return np.zeros(self.swarm.n_particles, dtype=bool)
+        collapsed = self.collapsed_for >= after
+        collapsed[int(np.argmin(self.swarm.pbest_cost))] = False
+        return collapsed
 
     def tell(self, positions: np.ndarray, costs: np.ndarray) -> None:
         """The positions actually evaluated (repaired) and their costs (lower is better, inf = failed)."""
@@ -141,11 +168,16 @@ class ParticleSwarm:
         costs = np.asarray(costs, dtype=np.float64)
         if positions.shape != swarm.position.shape or costs.shape != (swarm.n_particles,):
             raise ValueError(f"tell: expected positions {swarm.position.shape} and {swarm.n_particles} costs")
+        reseeded = self._pending_reseed if self.iteration > 0 else np.zeros(len(costs), dtype=bool)
         if self.iteration > 0:
             if self.settings.velocity_strategy == "adjust":
                 swarm.velocity = np.clip(positions - swarm.position, *self.clamp)
+                swarm.velocity[reseeded] = self._pending_velocity[reseeded]
             else:
                 swarm.velocity = self._pending_velocity
+        if reseeded.any():  # a re-seeded particle starts a new memory where it landed
+            swarm.pbest_cost = np.where(reseeded, np.inf, swarm.pbest_cost)
+            swarm.pbest_pos = np.where(reseeded[:, None], positions, swarm.pbest_pos)
         if self.boundary.memory is not None:
             self.boundary.memory = positions.copy()  # the last valid position is the repaired one
         swarm.position = positions.copy()
@@ -153,6 +185,10 @@ class ParticleSwarm:
         swarm.pbest_pos, swarm.pbest_cost = compute_pbest(swarm)
         best_pos, best_cost = self.topology.compute_gbest(swarm, **self._gbest_kwargs)
         swarm.best_pos, swarm.best_cost = np.array(best_pos, dtype=np.float64), float(best_cost)
+        distance = np.sqrt(np.mean((positions - swarm.best_pos) ** 2, axis=1))
+        near = (distance < self.settings.reseed_radius) & ~reseeded
+        self.collapsed_for = np.where(near, self.collapsed_for + 1, 0)
+        self._pending_reseed = np.zeros(len(costs), dtype=bool)
         self.iteration += 1
 
     @property
@@ -183,11 +219,12 @@ class ParticleSwarm:
                 if self.topology.neighbor_idx is None
                 else np.asarray(self.topology.neighbor_idx).tolist()
             ),
+            "collapsed_for": self.collapsed_for.tolist(),
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format") not in (STATE_FORMAT, *OLD_FORMATS):
             raise UserError(f"checkpoint: swarm state format {state.get('format')!r} is not {STATE_FORMAT}")
         swarm = self.swarm
         swarm.position = np.array(state["position"], dtype=np.float64)
@@ -206,6 +243,9 @@ class ParticleSwarm:
         self.topology.neighbor_idx = None if neighbors is None else np.array(neighbors, dtype=np.int64)
         self.rng.bit_generator.state = state["rng"]
         self.iteration = int(state["iteration"])
+        collapsed = state.get("collapsed_for", [0] * swarm.n_particles)
+        self.collapsed_for = np.array(collapsed, dtype=np.int64)
+        self._pending_reseed = np.zeros(swarm.n_particles, dtype=bool)
 
 
 def _topology(settings: SearchSettings, dimensions: int):
