@@ -75,6 +75,7 @@ class Plan:
     finetune_images: int = 8000
     selection_images: int = 5000
     repeats: int = 3
+    step_repeats: int = 1  # timing repeats of the (slow, low-variance) classes with finetune steps
     timing_candidates: int = 1
     # timed cost classes: (calibration batches, validation images, finetune steps); () = derived
     timing: tuple[tuple[int, int, int], ...] = field(default=())
@@ -461,6 +462,8 @@ def timing(study: Study, work: Path, threads: int) -> None:
     for repeat in range(plan.repeats):
         for candidate in tops:
             for (k, v, n), evaluator in evaluators.items():
+                if n and repeat >= plan.step_repeats:
+                    continue
                 cpu = time.process_time()
                 result = evaluator.evaluate(candidate["widths"])
                 cpu = time.process_time() - cpu
@@ -631,16 +634,20 @@ def report(study: Study, work: Path, started: datetime.datetime, write: bool) ->
                 f"Reference {c['role']}: truth (seed 0) {truth0[c['key']]:.4f}"
                 + (f", search score {c['search_score']:.4f}" if c["search_score"] is not None else "")
             )
-    if 1 in seeds:
-        ceiling = agreement([truths[f"{c['key']}|1"]["accuracy"] for c in tops], t0)
+    both = [c for c in tops if f"{c['key']}|1" in truths]
+    if len(both) >= 3:
+        ceiling = agreement(
+            [truths[f"{c['key']}|1"]["accuracy"] for c in both], [truth0[c["key"]] for c in both]
+        )
         lines.append(
-            f"Noise ceiling (finetune seed 1 vs seed 0 over the top {len(tops)}): Spearman "
+            f"Noise ceiling (finetune seed 1 vs seed 0 over {len(both)} of the top {len(tops)}): Spearman "
             f"{ceiling['spearman']:.3f}, Kendall {ceiling['kendall']:.3f}, top-1 "
             f"{'yes' if ceiling['top1'] else 'no'}, top-5 overlap {ceiling['top5']}/5, regret "
-            f"{100 * ceiling['regret']:.2f} pts. Columns marked 'mean' use the mean of both seeds as truth."
+            f"{100 * ceiling['regret']:.2f} pts."
+            + (" Columns marked 'mean truth' use the mean of both seeds." if 1 in seeds else "")
         )
     header = (
-        "| proxy variant | Spearman top | Kendall top | top-1 | top-5 | regret (pts) | Spearman all "
+        "| proxy variant | Spearman top | Kendall top | top-1 | top-5 | regret (pts) | Spearman all | n top "
         + ("| Spearman top (mean truth) | regret (mean truth) " if 1 in seeds else "")
         + "| CPU s / eval | evals / CPU-h vs default |"
     )
@@ -654,20 +661,27 @@ def report(study: Study, work: Path, started: datetime.datetime, write: bool) ->
             lines.append(f"| *{label}* |" + " |" * (header.count("|") - 2))
             family = "rerank" if label.startswith("re-rank") else "signal"
             continue
-        if score == "search":
-            top_scores = [c["search_score"] for c in tops]
-            all_scores = None
-        else:
+
+        def has(c, score=score):
             try:
-                top_scores = [score(proxies[c["key"]]) for c in tops]
-                all_scores = [score(proxies[c["key"]]) for c in cands]
+                score(proxies[c["key"]])
+                return True
             except (KeyError, IndexError):
+                return False
+
+        if score == "search":
+            rows_top, top_scores, all_scores = tops, [c["search_score"] for c in tops], None
+        else:
+            rows_top, rows_all = [c for c in tops if has(c)], [c for c in cands if has(c)]
+            if len(rows_top) < 3:
                 continue
-        a = agreement(top_scores, t0)
+            top_scores = [score(proxies[c["key"]]) for c in rows_top]
+            all_scores = [score(proxies[c["key"]]) for c in rows_all]
+        a = agreement(top_scores, [truth0[c["key"]] for c in rows_top])
         spearman_all = (
             ""
             if all_scores is None
-            else f"{agreement(all_scores, [truth0[c['key']] for c in cands])['spearman']:.3f}"
+            else f"{agreement(all_scores, [truth0[c['key']] for c in rows_all])['spearman']:.3f}"
         )
         cells = [
             label,
@@ -677,9 +691,10 @@ def report(study: Study, work: Path, started: datetime.datetime, write: bool) ->
             f"{a['top5']}/5",
             f"{100 * a['regret']:.2f}",
             spearman_all,
+            str(len(rows_top)),
         ]
         if 1 in seeds:
-            m = agreement(top_scores, [truth_mean[c["key"]] for c in tops])
+            m = agreement(top_scores, [truth_mean[c["key"]] for c in rows_top])
             cells += [f"{m['spearman']:.3f}", f"{100 * m['regret']:.2f}"]
         cpu = cpu_of(cost)
         speed = "" if cpu is None or base_cpu is None else f"{base_cpu / cpu:.2f}x"
