@@ -680,7 +680,7 @@ def main() -> None:
     parser.add_argument(
         "--iterations",
         type=int,
-        default=6,
+        default=4,
         help="search iterations of acp and random search alike (0: acp's default); "
         "particles and everything else stay acp's defaults",
     )
