@@ -11,8 +11,8 @@ choose a pruned ResNet-20, and every chosen architecture is then finetuned with 
                    exactly particle 0 of acp's search (its start), so acp - proposal_l2 is what PSO and
                    re-ranking add;
 - ``random_l2``    random search: acp's own search machinery (``acp.search``: same proxy evaluator, budget
-                   repair, evaluation count, finalist re-ranking, history and checkpoints) with the
-                   particle swarm replaced by uniformly random keep-ratio vectors in the same bounds;
+                   repair, evaluation count, finalist re-ranking, history and checkpoints) with
+                   ``engine="random"``: uniformly random keep-ratio vectors in the same bounds;
 - ``acp``          acp's default search, ``acp.search(config, flops=B, seed=S)``, re-ranked; every setting
                    is acp/settings.py's default at run time except ``--iterations`` (printed), which
                    shrinks acp's and random search's evaluation count identically.
@@ -40,7 +40,6 @@ search resumes from its checkpoint). ``--report-only`` prints the tables of what
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -264,28 +263,6 @@ def choose_acp_paper(setup: Setup, flops: float):
 # --- the searched rows ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def random_engine():
-    """acp's search loop with the particle swarm replaced by uniform random sampling in the same bounds.
-
-    The sampler is a ParticleSwarm whose ``ask`` returns fresh uniform draws (the swarm still does its
-    bookkeeping on what was evaluated, so checkpoints keep their format and a run resumes). The draws of
-    iteration ``t`` come from ``SeedSequence([seed, t])``: a resumed run draws exactly what it would have."""
-    from unittest import mock
-
-    import acp.search.study as study
-    from acp.search.pso import ParticleSwarm
-
-    class RandomSampler(ParticleSwarm):
-        def ask(self) -> np.ndarray:
-            super().ask()  # keeps the swarm's pending state consistent for tell(); its positions are unused
-            rng = np.random.default_rng([self.settings.seed, self.iteration])
-            return rng.uniform(self.lower, self.upper, size=(self.settings.particles, len(self.lower)))
-
-    with mock.patch.object(study, "ParticleSwarm", RandomSampler):
-        yield
-
-
 def choose_search(settings: RunSettings, flops: float, directory: Path, seed: int, args, engine: str):
     """One search into ``directory/run`` (resumed from its checkpoint when a previous run was killed)."""
     import acp
@@ -295,19 +272,19 @@ def choose_search(settings: RunSettings, flops: float, directory: Path, seed: in
     run_dir = directory / "run"
     began = time.perf_counter()
     resumed = (run_dir / CHECKPOINT_FILE).is_file()
-    with random_engine() if engine == "random" else contextlib.nullcontext():
-        if resumed:
-            result = acp.search(resume=run_dir, iterations=args.iterations, workers=args.workers)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)  # set-up files without a checkpoint: start again
-            result = acp.search(
-                settings,
-                out=run_dir,
-                flops=flops,
-                iterations=args.iterations,
-                seed=seed,
-                workers=args.workers,
-            )
+    if resumed:
+        result = acp.search(resume=run_dir, iterations=args.iterations, workers=args.workers)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # set-up files without a checkpoint: start again
+        result = acp.search(
+            settings,
+            out=run_dir,
+            flops=flops,
+            iterations=args.iterations,
+            engine=engine,  # "random": acp's own random-search engine, same loop, proxy and re-ranking
+            seed=seed,
+            workers=args.workers,
+        )
     seconds = time.perf_counter() - began
     arch = Architecture.load(run_dir / "best_arch.json")
     finalists = result.finalists or []
@@ -415,8 +392,8 @@ def check_random_rows(folder: Path, seeds: int) -> None:
         random_record = json.loads((folder / "random_l2" / f"search{seed}" / CHOICE_FILE).read_text())
         if acp_record["evaluations"] != random_record["evaluations"]:
             raise RuntimeError(f"{folder}: acp and random search evaluated different counts (seed {seed})")
-        if random_record["proposal"]["widths"] == acp_record["proposal"]["widths"]:
-            raise RuntimeError(f"{folder}: random search evaluated acp's proposal first: not random")
+        if random_record["engine"] != "random" or random_record["proposal"] is not None:
+            raise RuntimeError(f"{folder}: the random_l2 row did not run the random engine (seed {seed})")
 
 
 # --- finetuning ----------------------------------------------------------------------------------------
