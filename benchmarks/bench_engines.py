@@ -362,6 +362,10 @@ def main() -> None:
     parser.add_argument("--fit-surrogate", action="store_true")
     parser.add_argument("--proposal", type=Path, default=Path("/tmp/acp14/pso30/proposal.json"))
     args = parser.parse_args()
+    import warnings
+
+    # pycma's injection notes and nevergrad's bound/sigma hints, once per run, would bury the table
+    warnings.filterwarnings("ignore", module=r"(cma|nevergrad)\b.*")
     space = resnet20_space()
     if args.fit_surrogate:
         from acp.fileio import atomic_write_text
