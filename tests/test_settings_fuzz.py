@@ -50,7 +50,7 @@ RULES: dict[str, dict[str, Rule]] = {
 
 
 def test_every_field_declares_a_rule_and_a_valid_default():
-    assert set(RULES) == {"model", "data", "space", "budget", "finetune", "search", "proxy"}
+    assert set(RULES) == {"model", "data", "space", "budget", "finetune", "search", "proxy", "rerank"}
     for name, section in SECTIONS.items():
         assert name == section.SECTION
         default = section() if name != "model" else ModelSettings(name="x")  # defaults pass their own rules

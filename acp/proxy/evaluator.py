@@ -12,10 +12,11 @@ One evaluation (``ProxyEvaluator.evaluate(widths)``):
 
 Score (higher is better, for maximization):
 
-- ``score="accuracy"`` (default): ``score = (correct + 1 / (1 + loss)) / n`` -- the accuracy, plus a
-  loss-based tie-breaker worth less than one image, so a higher accuracy always wins and equal accuracies
-  are ordered by lower loss;
-- ``score="loss"``: ``score = -loss`` (smoother on small slices).
+- ``score="loss"`` (default): ``score = -loss`` (smoother on small slices; it ranks candidates closer to
+  their finetuned accuracy than the accuracy does, benchmarks/RESULTS.md);
+- ``score="accuracy"``: ``score = (correct + 1 / (1 + loss)) / n`` -- the accuracy, plus a loss-based
+  tie-breaker worth less than one image, so a higher accuracy always wins and equal accuracies are
+  ordered by lower loss.
 
 A failed evaluation (an exception, or a non-finite loss) is a :class:`Result` with ``score = -inf`` and
 ``status = "failed: <reason>"``; it never raises. Results are cached per width vector, and an evaluation
