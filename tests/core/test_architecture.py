@@ -82,9 +82,13 @@ def test_from_widths_costs_and_provenance(space, arch):
         "criterion",
         "evaluations",
         "proxy_score",
+        "finalists",
+        "proxy_rank",
+        "finalist_score",
         "acp_version",
         "created",
     ]
+    assert provenance["finalists"] is None and provenance["finalist_score"] is None  # not from a search
     assert (provenance["source"], provenance["seed"], provenance["criterion"]) == ("manual", 3, None)
     assert provenance["acp_version"] == acp.__version__
     created = datetime.fromisoformat(provenance["created"])

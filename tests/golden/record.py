@@ -1,9 +1,11 @@
 """Record the golden outputs of the ``acp`` command line (tests/test_golden.py recomputes and compares).
 
-Recorded on commit 43f758b (the code before the module restructure), with::
+First recorded on commit 43f758b (the code before the module restructure, to prove the move changed no
+behaviour); re-recorded when behaviour changes on purpose (issue 14: re-ranked finalists, new proxy and
+PSO defaults; the JSON files' ``recorded`` field names the commit), with::
 
     source .venv/bin/activate
-    python tests/golden/record.py --python-path /work/golden-base     # a checkout of 43f758b
+    python tests/golden/record.py                    # or --python-path DIR to record another checkout
 
 ``--check`` recomputes and compares instead of writing (what tests/test_golden.py does), ``--only NAME``
 picks scenarios, ``--cache-dir DIR`` keeps the decoded CIFAR-10 images between runs (the first decoding
@@ -59,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RECORDED_COMMIT = "43f758b"
+RECORDED_COMMIT = "the commit in each file's recorded field"
 GOLDEN_DIR = Path(__file__).resolve().parent
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared beside the repository
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -67,6 +69,7 @@ PROCESS_TIMEOUT = 900  # seconds per command: a hang fails instead of blocking
 SCENARIOS = ("digits", "resnet20", "demo")
 
 HISTORY_FIELDS = ("iteration", "particle", "widths", "score", "accuracy", "loss", "macs", "params", "status")
+FINALIST_FIELDS = ("widths", "proxy_score", "score", "accuracy", "loss", "macs", "params", "status")
 VOLATILE_PROVENANCE = ("created", "acp_version")
 EPOCH_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 TRAIN_METRICS_FIELDS = ("schedule", "final", "best_val_accuracy")
@@ -242,12 +245,14 @@ def write_initial_weights(layout: list[list], path: str | os.PathLike) -> str:
     return tensors_sha256(path)
 
 
-def history_rows(path: str | os.PathLike) -> list[dict]:
-    """The deterministic columns of every row of a search's history.sqlite, in insertion order."""
+def history_rows(path: str | os.PathLike, table: str = "evaluations") -> list[dict]:
+    """The deterministic columns of every row of a search's history.sqlite (the ``evaluations`` or the
+    ``finalists`` table), in insertion order."""
+    fields = HISTORY_FIELDS if table == "evaluations" else FINALIST_FIELDS
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        cursor = connection.execute(f"SELECT {', '.join(HISTORY_FIELDS)} FROM evaluations ORDER BY id")
-        rows = [dict(zip(HISTORY_FIELDS, values, strict=True)) for values in cursor]
+        cursor = connection.execute(f"SELECT {', '.join(fields)} FROM {table} ORDER BY id")
+        rows = [dict(zip(fields, values, strict=True)) for values in cursor]
     finally:
         connection.close()
     for row in rows:
@@ -349,6 +354,7 @@ def run_digits(work: Path, env: dict[str, str], layout: list[list]) -> dict:
                 "base_metrics": train_metrics(work / "base" / "metrics.json"),
                 "base_data": read_json(work / "base" / "data.json"),
                 "history": history_rows(work / "run" / "history.sqlite"),
+                "finalists": history_rows(work / "run" / "history.sqlite", "finalists"),
                 "best_arch": architecture(work / "run" / "best_arch.json"),
                 "proposal": read_json(work / "run" / "proposal.json"),
                 "finetune_metrics": finetune_metrics(work / "ft" / "metrics.json"),
@@ -372,6 +378,7 @@ def run_resnet20(work: Path, env: dict[str, str], shared: Path) -> dict:
         "outputs": normalized(
             {
                 "history": history_rows(work / "run" / "history.sqlite"),
+                "finalists": history_rows(work / "run" / "history.sqlite", "finalists"),
                 "best_arch": architecture(work / "run" / "best_arch.json"),
             }
         )
@@ -387,6 +394,7 @@ def run_demo(work: Path, env: dict[str, str]) -> dict:
             {
                 "best_arch": architecture(out / "search" / "best_arch.json"),
                 "history": history_rows(out / "search" / "history.sqlite"),
+                "finalists": history_rows(out / "search" / "history.sqlite", "finalists"),
                 "pruned_metrics": finetune_metrics(out / "pruned" / "metrics.json"),
             }
         )
