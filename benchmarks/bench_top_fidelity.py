@@ -680,7 +680,7 @@ def report(study: Study, work: Path, started: datetime.datetime, write: bool) ->
         a = agreement(top_scores, [truth0[c["key"]] for c in rows_top])
         spearman_all = (
             ""
-            if all_scores is None
+            if all_scores is None or len(rows_all) == len(rows_top)
             else f"{agreement(all_scores, [truth0[c['key']] for c in rows_all])['spearman']:.3f}"
         )
         cells = [

@@ -1,4 +1,7 @@
-"""bench_top_fidelity.py --quick runs end to end: candidates, ground truth, every variant, timing, report."""
+"""bench_top_fidelity.py --quick runs end to end: candidates, ground truth, every variant, timing, report.
+
+~40-100 s, most of it decoding the shared CIFAR-10 images into the session's private cache (once per
+session)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,3 @@ def test_quick_mode_runs_and_caches(tmp_path):
     # the snapshot passes reproduce real ProxyEvaluator evaluations (the timing stage compares them)
     timing = [json.loads(line) for line in (work / "timing.jsonl").read_text().splitlines()]
     assert timing and all(record["loss_diff"] < 1e-4 and record["correct_diff"] == 0 for record in timing)
-    # a second run only reads the cache
-    again = subprocess.run(command[:-2], capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert len((work / "truth.jsonl").read_text().splitlines()) == 8
