@@ -67,6 +67,7 @@ def selection_indices(
     calibration_images: int = 1280,
     validation_images: int = 2000,
     rerank_images: int = 5000,
+    rerank_calibration_images: int | None = None,
     finetune_images: int = FINETUNE_SUBSET_IMAGES,
     finetune_seed: int = 0,
     count: int = SELECTION_IMAGES,
@@ -77,8 +78,9 @@ def selection_indices(
 
     Disjoint from every image a search with the default proxy slices (seed ``proxy_seed``) scores on:
     the calibration images (default 20 x 64), the proxy-validation images (default 2,000 and any
-    smaller slice, which nests inside), the re-ranking slice (up to ``rerank_images`` validation images
-    disjoint from those, see :func:`proxy_slice_indices`), and the finetune subset
+    smaller slice, which nests inside), the re-ranking slices (its own ``rerank_calibration_images``
+    calibration images, default the proxy's, and up to ``rerank_images`` validation images disjoint from
+    the proxy's, see :func:`proxy_slice_indices`), and the finetune subset
     (:func:`finetune_subset`). The base model was trained on these images, so accuracies on them run
     higher than on the validation split: use them for rankings.
     """
@@ -94,10 +96,10 @@ def selection_indices(
         validation_images=validation_images,
         seed=proxy_seed,
     )
-    _, fresh = proxy_slice_indices(
+    rerank_calibration, fresh = proxy_slice_indices(
         labels,
         train,
-        calibration_images=calibration_images,
+        calibration_images=rerank_calibration_images or calibration_images,
         validation_images=rerank_images,
         seed=proxy_seed,
         avoid=validation,
@@ -105,6 +107,7 @@ def selection_indices(
     excluded = [
         calibration,
         validation,
+        rerank_calibration,
         fresh,
         finetune_subset(labels, train, finetune_images, seed=finetune_seed),
     ]

@@ -184,6 +184,7 @@ def main(argv=None) -> int:
         calibration_images=proxy.calibration_images,
         validation_images=proxy.validation_images,
         rerank_images=settings.rerank.validation_images,
+        rerank_calibration_images=settings.rerank.proxy_settings(proxy).calibration_images,
         finetune_images=args.finetune_images,
         count=200 if args.quick else 5000,
     )

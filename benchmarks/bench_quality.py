@@ -557,6 +557,7 @@ def selection_arguments(settings: RunSettings) -> dict:
         "calibration_images": settings.proxy.calibration_images,
         "validation_images": settings.proxy.validation_images,
         "rerank_images": settings.rerank.validation_images,
+        "rerank_calibration_images": settings.rerank.proxy_settings(settings.proxy).calibration_images,
     }
 
 

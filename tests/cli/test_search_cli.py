@@ -60,7 +60,8 @@ def test_search_writes_the_run_directory(finished_run, capsys):
     assert list(arch.widths.values()) == winner["widths"]
     assert arch.macs == winner["macs"] <= 0.5 * arch.base_macs
     assert arch.provenance["proxy_score"] == winner["proxy_score"] and arch.provenance["criterion"] == "l2"
-    assert arch.provenance["finalist_score"] == winner["score"] and arch.provenance["finalists"] == len(finalists)
+    assert arch.provenance["finalist_score"] == winner["score"]
+    assert arch.provenance["finalists"] == len(finalists)
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished_run, capsys):

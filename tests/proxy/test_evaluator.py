@@ -186,7 +186,7 @@ def test_result_fields_and_costs(setup):
     assert (result.macs, result.params) == space.cost(widths)
     correct = round(result.accuracy * 200)
     assert result.accuracy == correct / 200
-    assert result.score == combined_score(correct, result.loss, 200, "accuracy")
+    assert result.score == combined_score(correct, result.loss, 200, "loss") == -result.loss  # the default
     assert result.seconds > 0 and math.isfinite(result.loss)
     assert result.to_dict()["widths"] == list(result.widths)
     description = evaluator.describe()

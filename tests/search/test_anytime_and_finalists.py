@@ -144,7 +144,8 @@ def test_rerank_is_deterministic_and_resumes_after_ctrl_c(space, tmp_path):
     result = make_study(space, cut, iterations=5, finalist_evaluator=again, finalists=5).run(resume=True)
     assert again.calls == 3  # only the finalists not scored before the interruption
     assert rows(cut, "finalists") == rows(whole, "finalists") and rows(cut) == rows(whole)
-    assert Architecture.load(cut / "best_arch.json").content_equal(Architecture.load(whole / "best_arch.json"))
+    cut_arch, whole_arch = (Architecture.load(path / "best_arch.json") for path in (cut, whole))
+    assert cut_arch.content_equal(whole_arch)
     # resuming a finished run re-scores nothing and keeps the winner
     idle = Counting(space)
     same = make_study(space, cut, iterations=5, finalist_evaluator=idle, finalists=5).run(resume=True)
