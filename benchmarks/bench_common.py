@@ -52,6 +52,17 @@ def proxy_slice_indices(
     return calibration, take_stratified(rest, labels, validation_images, seed=seed + 1)
 
 
+def short_finetune_schedule(seed: int = 0, **changes):
+    """The fixed short finetune of the fidelity and convergence benchmarks: 1 epoch, SGD nesterov, lr 0.05
+    cosine, wd 5e-4, batch 128, crop+flip. channels_last=False: oneDNN's channels-last convolution
+    backward crashed (heap corruption) on some pruned shapes with torch 2.14 on this CPU, e.g. widths
+    5,12,11,5,28,32,26,16,64,47,47,63."""
+    from acp.settings import Schedule
+
+    recipe = {"epochs": 1, "batch_size": 128, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4}
+    return Schedule(**{**recipe, "augment": True, "seed": seed, "channels_last": False, **changes})
+
+
 def finetune_subset(labels, train_indices, count: int = FINETUNE_SUBSET_IMAGES, *, seed: int = 0):
     """The fixed stratified training subset the fidelity benchmarks finetune every candidate on."""
     from acp.data import take_stratified

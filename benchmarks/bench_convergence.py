@@ -38,7 +38,13 @@ CONFIG = ROOT / "search_spaces" / "resnet20_cifar10.toml"
 SECTION = "Search convergence (bench_convergence.py)"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import finetune_subset, provenance_lines, selection_indices, update_section  # noqa: E402
+from bench_common import (  # noqa: E402
+    finetune_subset,
+    provenance_lines,
+    selection_indices,
+    short_finetune_schedule,
+    update_section,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -133,16 +139,11 @@ def finetune_stage(args, problem, data, splits, subset, selection, stage_dir: Pa
     from acp.core.architecture import Architecture
     from acp.proxy.evaluator import score_model
     from acp.prune import materialize
-    from acp.settings import Schedule
     from acp.threads import torch_threads
     from acp.train.loop import train
 
     model = materialize(problem.model, Architecture.load(stage_dir / "arch.json"), problem.space)
-    epochs = 1
-    schedule = Schedule(
-        epochs=epochs, batch_size=128, lr=0.05, schedule="cosine", weight_decay=5e-4, augment=True,
-        seed=seed, channels_last=False,
-    )  # fmt: skip
+    schedule = short_finetune_schedule(seed=seed)
     if args.quick:
         schedule = schedule.replace(batch_size=50)
     began = time.perf_counter()

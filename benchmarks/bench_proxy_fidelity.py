@@ -93,23 +93,13 @@ def variant_scores(evaluator, base, proxy_data, widths) -> dict[str, float]:
 
 
 def finetune(widths, evaluator, base, data, train_subset, val_indices, threads: int) -> dict:
+    from bench_common import short_finetune_schedule
+
     from acp.prune import materialize
-    from acp.settings import Schedule
     from acp.train.loop import train
 
     model = materialize(base, evaluator.architecture(widths), evaluator.space)
-    # channels_last=False: oneDNN's channels-last convolution backward crashes (heap corruption) on some
-    # pruned shapes with torch 2.14 on this CPU, e.g. widths 5,12,11,5,28,32,26,16,64,47,47,63
-    schedule = Schedule(
-        epochs=1,
-        batch_size=128,
-        lr=0.05,
-        schedule="cosine",
-        weight_decay=5e-4,
-        augment=True,
-        seed=0,
-        channels_last=False,
-    )
+    schedule = short_finetune_schedule(seed=0)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         history = train(model, data, train_subset, val_indices, schedule, out, progress=False)

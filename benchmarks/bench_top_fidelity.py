@@ -54,6 +54,7 @@ from bench_common import (  # noqa: E402
     provenance_lines,
     proxy_slice_indices,
     selection_indices,
+    short_finetune_schedule,
     update_section,
 )
 from bench_proxy_fidelity import append_jsonl, per_image, read_jsonl  # noqa: E402
@@ -400,22 +401,10 @@ def read_variants(work: Path) -> dict[str, dict]:
 
 def finetune_truth(study: Study, widths, seed: int, threads: int) -> dict:
     from acp.prune import materialize
-    from acp.settings import Schedule
     from acp.train.loop import train
 
     model = materialize(study.model, study.evaluator.architecture(widths), study.space)
-    # channels_last=False: oneDNN's channels-last backward crashed on some pruned shapes
-    # (see bench_proxy_fidelity)
-    schedule = Schedule(
-        epochs=1,
-        batch_size=128,
-        lr=0.05,
-        schedule="cosine",
-        weight_decay=5e-4,
-        augment=True,
-        seed=seed,
-        channels_last=False,
-    )
+    schedule = short_finetune_schedule(seed=seed)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         history = train(
