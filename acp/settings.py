@@ -297,14 +297,24 @@ class BudgetSettings(Section):
     SECTION: ClassVar[str] = "budget"
     flops: float | None = setting(None, (float, NONE), *RATIO)
     params: float | None = setting(None, (float, NONE), *RATIO)
+    # measured latency on the [latency] runtime: a ratio of the base model's, and/or milliseconds
+    latency: float | None = setting(None, (float, NONE), *RATIO)
+    latency_ms: float | None = setting(None, (float, NONE), *within(0, math.inf, open_low=True))
 
     @property
     def given(self) -> bool:
-        return self.flops is not None or self.params is not None
+        return any(value is not None for value in (self.flops, self.params, self.latency, self.latency_ms))
+
+    @property
+    def uses_latency(self) -> bool:
+        return self.latency is not None or self.latency_ms is not None
 
     def require(self, what: str) -> None:
         if not self.given:
-            raise UserError(f"{what}: give a budget (--flops R and/or --params R, or [budget] in the config)")
+            raise UserError(
+                f"{what}: give a budget (--flops R, --params R, --latency R and/or --latency-ms MS, "
+                "or [budget] in the config)"
+            )
 
 
 @dataclass(frozen=True)
@@ -508,6 +518,28 @@ class Schedule(Section):
 
 
 @dataclass(frozen=True)
+class LatencySettings(Section):
+    """``[latency]``: where latency is measured for a latency budget, ``acp latency`` and ``acp info``.
+
+    A per-layer table is measured on this machine (``grid_points`` widths per axis of every layer
+    geometry, ``rounds`` interleaved rounds, minimum kept) and fitted to ``calibration_models`` whole
+    models; it is cached under ``cache_dir`` (default: ``~/.cache/acp/latency``), keyed by everything
+    it depends on (see ``acp.latency.cache``). The input size is [model].input_size.
+    """
+
+    SECTION: ClassVar[str] = "latency"
+    runtime: str = setting("torch", str, *one_of("torch", "torchscript", "onnxruntime"))
+    batch_size: int = setting(1, int, *POSITIVE)
+    threads: int = setting(1, int, *POSITIVE)  # pinned while measuring; deploy with the same count
+    grid_points: int = setting(8, int, *at_least(2))
+    calibration_models: int = setting(12, int, *at_least(3))
+    rounds: int = setting(3, int, *POSITIVE)
+    min_seconds: float = setting(0.02, float, *within(0, 10))  # per timed visit of a table point
+    seed: int = setting(0, int, *NON_NEGATIVE)  # calibration widths and visiting order
+    cache_dir: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True, execution=True)
+
+
+@dataclass(frozen=True)
 class FinetuneSettings(Section):
     """``[finetune]``: retraining the searched architecture from the base weights.
 
@@ -560,6 +592,7 @@ SECTIONS: dict[str, type[Section]] = {
         SearchSettings,
         ProxySettings,
         RerankSettings,
+        LatencySettings,
     )
 }
 
@@ -576,6 +609,7 @@ class RunSettings:
     search: SearchSettings = field(default_factory=SearchSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     rerank: RerankSettings = field(default_factory=RerankSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
     source: str = field(default="<config>", compare=False)  # a file name, for messages
 
     def __post_init__(self) -> None:

@@ -72,3 +72,54 @@ def random_architecture(
         space_settings=dict(settings if settings is not None else space.settings),
         provenance={"source": "manual", "created": None},
     )
+
+
+class SyntheticMeter:
+    """A latency "runtime" with a known answer, for :func:`acp.latency.build_latency_model`.
+
+    A standalone layer at widths (cin, cout) takes ``layer_ms(layer, cin, cout)``: bilinear in the widths
+    (linear for a depthwise conv), so a table's interpolation is exact between its grid points. A whole
+    model takes ``scale * sum(layer ms) + per_million * elements / 1e6 + overhead``. ``noise`` > 0 adds
+    seeded multiplicative noise (>= 0, as timing noise is) to every layer measurement, over ``rounds``.
+    """
+
+    def __init__(
+        self, space, *, scale=1.3, per_million=0.05, overhead=0.4, batch_size=1, noise=0.0, rounds=2
+    ):
+        self.space, self.batch_size = space, batch_size
+        self.scale, self.per_million, self.overhead = scale, per_million, overhead
+        self.noise, self.rounds = noise, rounds
+        self.layer_calls = self.model_calls = 0
+        self._rng = np.random.default_rng(0)
+
+    @staticmethod
+    def layer_ms(layer, cin: int, cout: int) -> float:
+        positions = int(np.prod(layer.in_shape[2:])) if len(layer.in_shape) > 2 else 1
+        positions //= int(np.prod(layer.stride)) if layer.stride else 1
+        if layer.kind == "depthwise":
+            return 0.002 + 1e-6 * positions * cin
+        return 0.003 + 1e-8 * positions * cin * cout + 2e-7 * positions * (cin + cout)
+
+    def layers(self, points) -> np.ndarray:
+        self.layer_calls += 1
+        exact = np.array([self.layer_ms(layer, cin, cout) for layer, cin, cout in points])[:, None]
+        exact = np.repeat(exact, self.rounds, axis=1)
+        if self.noise:
+            exact = exact * (1 + self._rng.uniform(0, self.noise, size=exact.shape))
+        return exact
+
+    def truth(self, widths) -> np.ndarray:
+        """The synthetic whole-model latency of a (P, G) width matrix."""
+        matrix = np.atleast_2d(np.asarray(widths, dtype=np.int64))
+        total = np.zeros(len(matrix))
+        for layer in self.space.compute_layers:
+            cin, cout = layer.in_width(matrix), layer.out_width(matrix)
+            total += [self.layer_ms(layer, int(i), int(o)) for i, o in zip(cin, cout)]
+        elements = np.zeros(len(matrix))
+        for call in self.space.elementwise_calls:
+            elements += call.per_channel * call.width(matrix) * self.batch_size
+        return self.scale * total + self.per_million * elements / 1e6 + self.overhead
+
+    def models(self, widths) -> np.ndarray:
+        self.model_calls += 1
+        return self.truth(widths)

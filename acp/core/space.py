@@ -25,6 +25,7 @@ from torch import nn
 
 from acp.core import costs
 from acp.core import graph as _graph
+from acp.core.layers import ComputeLayer, ElementwiseCall, collect_layers
 from acp.errors import UserError
 from acp.settings import SpaceSettings
 
@@ -88,6 +89,8 @@ class ChannelSpace:
         settings: Mapping,
         fixed_groups: Sequence[FixedGroup] = (),
         classifiers: Sequence[str] = (),
+        compute_layers: Sequence[ComputeLayer] = (),
+        elementwise_calls: Sequence[ElementwiseCall] = (),
     ):
         self.groups: tuple[ChannelGroup, ...] = tuple(groups)
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in input_shape)
@@ -97,6 +100,9 @@ class ChannelSpace:
         self.settings: dict = dict(settings)
         self.fixed_groups: tuple[FixedGroup, ...] = tuple(fixed_groups)
         self.classifiers: tuple[str, ...] = tuple(classifiers)
+        # per forward call: what the latency model measures (see acp.core.layers)
+        self.compute_layers: tuple[ComputeLayer, ...] = tuple(compute_layers)
+        self.elementwise_calls: tuple[ElementwiseCall, ...] = tuple(elementwise_calls)
         full = self.full_widths()[None, :]
         self.base_macs: int = int(macs(full)[0])
         self.base_params: int = int(params(full)[0])
@@ -166,6 +172,7 @@ class ChannelSpace:
         columns = {group_index: column for column, group_index in enumerate(searchable)}
         full_widths = np.array([group.full_width for group in groups], dtype=np.int64)
         fixed.sort(key=lambda group: [raw.id for raw in analysis.groups].index(group.id))
+        compute_layers, elementwise_calls = collect_layers(analysis, columns, full_widths)
         return cls(
             groups,
             tuple(example.shape),
@@ -175,6 +182,8 @@ class ChannelSpace:
             settings={"round_to": round_to, "min_keep": min_keep, "ignored_layers": list(ignored_layers)},
             fixed_groups=fixed,
             classifiers=analysis.classifiers,
+            compute_layers=compute_layers,
+            elementwise_calls=elementwise_calls,
         )
 
     # --- lookup ------------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""Where a model runs, and how its forward pass is timed there on a shared, noisy machine.
+
+Runtimes:
+
+- ``torch``: PyTorch eager, eval mode, ``torch.inference_mode``, channels-last input;
+- ``torchscript``: ``torch.jit.trace`` then ``torch.jit.freeze`` (BatchNorm folded into the convs);
+- ``onnxruntime``: exported with the TorchScript-based ONNX exporter, run by ONNX Runtime's CPU provider
+  with every graph optimization (needs the ``onnx`` extra: ``pip install 'acp[onnx]'``).
+
+Timing (:func:`time_rounds`): a warm-up, then ``rounds`` rounds; each round visits every prepared call
+once, in a fresh seeded order, and times enough consecutive forwards to fill ``min_seconds`` (at least
+``min_repeats``); a visit's figure is the median of its forwards. Interleaving the calls means slow
+drift of a shared machine hits all of them alike; the caller takes the minimum (or median) over rounds.
+Thread counts are pinned for the whole measurement.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from acp.errors import UserError
+from acp.threads import torch_threads
+
+RUNTIMES = ("torch", "torchscript", "onnxruntime")
+EXTRA_FOR = {"onnxruntime": ("onnxruntime", "onnx")}  # runtime -> (module to import, acp extra)
+
+
+def require_runtime(runtime: str) -> None:
+    """UserError naming the extra to install when the runtime's package is missing."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"latency runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime in EXTRA_FOR:
+        module, extra = EXTRA_FOR[runtime]
+        if importlib.util.find_spec(module) is None:
+            raise UserError(
+                f"latency runtime {runtime!r} needs the {module} package: pip install 'acp[{extra}]'"
+            )
+
+
+def runtime_version(runtime: str) -> str:
+    """The version string a latency table measured on ``runtime`` depends on."""
+    versions = [f"torch {torch.__version__}"]
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        versions.append(f"onnxruntime {onnxruntime.__version__}")
+    return ", ".join(versions)
+
+
+def prepare(runtime: str, model: nn.Module, example: torch.Tensor, threads: int) -> Callable[[], object]:
+    """A no-argument call that runs one forward of ``model`` on ``example`` in ``runtime``.
+
+    ``model`` is put in eval mode (TorchScript and ONNX Runtime work on their own copies).
+    """
+    require_runtime(runtime)
+    model.eval()
+    if runtime == "torch":
+        example = example.contiguous(memory_format=torch.channels_last) if example.dim() == 4 else example
+
+        def forward() -> object:
+            with torch.inference_mode():
+                return model(example)
+
+        return forward
+    if runtime == "torchscript":
+        with warnings.catch_warnings(), torch.no_grad(), torch_threads(threads):
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.freeze(torch.jit.trace(model, example))
+
+        def forward_scripted() -> object:
+            with torch.inference_mode():
+                return scripted(example)
+
+        return forward_scripted
+    return _onnxruntime_call(model, example, threads)
+
+
+def _onnxruntime_call(model: nn.Module, example: torch.Tensor, threads: int) -> Callable[[], object]:
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
+        torch.onnx.export(
+            model, (example,), buffer, input_names=["input"], output_names=["output"], dynamo=False
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    feed = {"input": example.numpy()}
+    return lambda: session.run(None, feed)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each figure is measured for (see the module docstring)."""
+
+    rounds: int = 3
+    warmup: int = 2
+    min_repeats: int = 3
+    min_seconds: float = 0.02
+
+
+def time_rounds(
+    calls: Sequence[Callable[[], object]],
+    timing: Timing,
+    *,
+    threads: int,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """(len(calls), rounds) median forward time in milliseconds of each call in each round."""
+    results = np.zeros((len(calls), timing.rounds))
+    order_rng = np.random.default_rng(seed)
+    with torch_threads(threads):
+        for call in calls:
+            for _ in range(timing.warmup):
+                call()
+        for round_index in range(timing.rounds):
+            for index in order_rng.permutation(len(calls)):
+                results[index, round_index] = _visit(calls[index], timing)
+                if progress is not None:
+                    progress(1)
+    return results
+
+
+def _visit(call: Callable[[], object], timing: Timing) -> float:
+    times = []
+    started = time.perf_counter()
+    while len(times) < timing.min_repeats or time.perf_counter() - started < timing.min_seconds:
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times) * 1000.0)

@@ -1,0 +1,77 @@
+"""Real runtimes: each one builds a (tiny) table that predicts a positive, monotone latency; a missing
+runtime package is a one-line error naming the extra to install."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from acp.core.architecture import ModelIdentity
+from acp.errors import UserError
+from acp.latency import load_or_build
+from acp.latency.runtimes import RUNTIMES, prepare, require_runtime
+from acp.latency.table import standalone_layer
+from acp.prune import build_space
+from acp.settings import LatencySettings
+
+
+@pytest.fixture(scope="module")
+def model_and_space():
+    return build_space(ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {}), {"round_to": 4})
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_runtime_builds_a_table(model_and_space, tmp_path, runtime):
+    if runtime == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+    model, space = model_and_space
+    settings = LatencySettings(
+        runtime=runtime,
+        cache_dir=str(tmp_path),
+        grid_points=2,
+        calibration_models=3,
+        rounds=1,
+        min_seconds=0.0,
+    )
+    latency, path, from_cache = load_or_build(model, space, {"name": "resnet8_cifar"}, settings)
+    assert path.is_file() and not from_cache
+    assert latency.key["runtime"] == runtime and latency.key["threads"] == 1
+    assert latency.base_ms > 0 and latency.base_measured_ms > 0
+    assert float(latency(space.min_widths())) <= latency.base_ms
+    assert len(latency.calibration) == 3 and latency.calibration[0]["widths"] == list(space.full_widths())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_standalone_layer_runs_at_every_width(model_and_space, runtime):
+    if runtime == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+    _, space = model_and_space
+    for layer in space.compute_layers:
+        module, example = standalone_layer(layer, 4, 8, batch_size=2)
+        prepare(runtime, module, example, threads=1)()
+
+
+def test_prepared_torch_forward_matches_the_model(model_and_space):
+    model, space = model_and_space
+    example = torch.randn(2, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        expected = model(example)
+    np.testing.assert_allclose(prepare("torch", model, example, threads=1)(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+    )
+    with pytest.raises(UserError, match=r"pip install 'acp\[onnx\]'"):
+        require_runtime("onnxruntime")
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(UserError, match="not one of torch, torchscript, onnxruntime"):
+        require_runtime("tensorrt")
