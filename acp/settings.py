@@ -637,11 +637,19 @@ class RunSettings:
     def replace(self, **sections) -> RunSettings:
         return dataclasses.replace(self, **sections)
 
-    def with_budget(self, *, flops: float | None = None, params: float | None = None) -> RunSettings:
+    def with_budget(
+        self,
+        *,
+        flops: float | None = None,
+        params: float | None = None,
+        latency: float | None = None,
+        latency_ms: float | None = None,
+    ) -> RunSettings:
         """A budget given on the command line replaces the config's whole ``[budget]``."""
-        if flops is None and params is None:
+        limits = {"flops": flops, "params": params, "latency": latency, "latency_ms": latency_ms}
+        if all(value is None for value in limits.values()):
             return self
-        return self.replace(budget=BudgetSettings(flops=flops, params=params))
+        return self.replace(budget=BudgetSettings(**limits))
 
     def to_document(self) -> dict:
         return {name: getattr(self, name).to_dict() for name in SECTIONS}

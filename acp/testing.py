@@ -84,21 +84,29 @@ class SyntheticMeter:
     """
 
     def __init__(
-        self, space, *, scale=1.3, per_million=0.05, overhead=0.4, batch_size=1, noise=0.0, rounds=2
+        self,
+        space,
+        *,
+        scale=1.3,
+        per_million=0.05,
+        overhead=0.4,
+        layer_overhead=0.003,
+        batch_size=1,
+        noise=0.0,
+        rounds=2,
     ):
-        self.space, self.batch_size = space, batch_size
+        self.space, self.batch_size, self.layer_overhead = space, batch_size, layer_overhead
         self.scale, self.per_million, self.overhead = scale, per_million, overhead
         self.noise, self.rounds = noise, rounds
         self.layer_calls = self.model_calls = 0
         self._rng = np.random.default_rng(0)
 
-    @staticmethod
-    def layer_ms(layer, cin: int, cout: int) -> float:
+    def layer_ms(self, layer, cin: int, cout: int) -> float:
         positions = int(np.prod(layer.in_shape[2:])) if len(layer.in_shape) > 2 else 1
         positions //= int(np.prod(layer.stride)) if layer.stride else 1
         if layer.kind == "depthwise":
-            return 0.002 + 1e-6 * positions * cin
-        return 0.003 + 1e-8 * positions * cin * cout + 2e-7 * positions * (cin + cout)
+            return self.layer_overhead + 1e-6 * positions * cin
+        return self.layer_overhead + 1e-8 * positions * cin * cout + 2e-7 * positions * (cin + cout)
 
     def layers(self, points) -> np.ndarray:
         self.layer_calls += 1

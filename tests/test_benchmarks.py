@@ -86,3 +86,14 @@ def test_bench_quality_quick_runs_every_default_row_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "[70%]" not in again.stdout  # nothing chosen or finetuned again
     assert again.stdout.count("| **acp default**") == 1
+
+
+def test_bench_latency_model_quick_runs_and_resumes(tmp_path):
+    command = [sys.executable, str(BENCHMARKS / "bench_latency_model.py"), "--quick", "--out", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("*-quick.json"))]
+    assert [row["runtime"] for row in rows] == ["onnxruntime", "torch"]
+    assert all(len(row["measured_ms"]) == len(row["predicted_ms"]) == 7 for row in rows)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]

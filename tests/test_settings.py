@@ -31,7 +31,7 @@ def test_defaults_are_filled_and_relative_paths_resolved(tmp_path):
     assert settings.space == SpaceSettings()
     assert settings.space.to_dict() == {"ignored_layers": [], "round_to": 1, "min_keep": 0.1}
     assert settings.budget == BudgetSettings() and not settings.budget.given
-    assert settings.budget.to_dict() == {"flops": None, "params": None}
+    assert settings.budget.to_dict() == {"flops": None, "params": None, "latency": None, "latency_ms": None}
     assert settings.data.split == "auto"
     assert settings.source == str(tmp_path / "space.toml")
 

@@ -50,7 +50,17 @@ RULES: dict[str, dict[str, Rule]] = {
 
 
 def test_every_field_declares_a_rule_and_a_valid_default():
-    assert set(RULES) == {"model", "data", "space", "budget", "finetune", "search", "proxy", "rerank"}
+    assert set(RULES) == {
+        "model",
+        "data",
+        "space",
+        "budget",
+        "finetune",
+        "search",
+        "proxy",
+        "rerank",
+        "latency",
+    }
     for name, section in SECTIONS.items():
         assert name == section.SECTION
         default = section() if name != "model" else ModelSettings(name="x")  # defaults pass their own rules

@@ -22,3 +22,4 @@ def _checked(convert: Callable[[str], float], accept: Callable[[float], bool], e
 positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
 non_negative_int = _checked(int, lambda value: value >= 0, "an integer >= 0")
 ratio = _checked(float, lambda value: 0 < value <= 1, "a ratio in (0, 1]")
+positive_float = _checked(float, lambda value: value > 0 and value != float("inf"), "a positive number")

@@ -9,11 +9,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from acp.cli import cluster, demo, evaluate, finetune, info, prune, run, search, train
+from acp.cli import cluster, demo, evaluate, finetune, info, latency, prune, run, search, train
 from acp.cli.common import Parser
 from acp.errors import UserError, one_line
 
-COMMANDS = (demo, train, evaluate, info, cluster, search, run, prune, finetune)
+COMMANDS = (demo, train, evaluate, info, latency, cluster, search, run, prune, finetune)
 
 
 def build_parser() -> Parser:

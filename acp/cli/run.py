@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from acp.cli.argtypes import positive_int, ratio
+from acp.cli.search import add_latency_budget_flags
 
 
 def register(commands) -> None:
@@ -18,6 +19,7 @@ def register(commands) -> None:
     )
     run_parser.add_argument("--flops", type=ratio, help="keep at most this ratio of the base MACs")
     run_parser.add_argument("--params", type=ratio, help="keep at most this ratio of the base params")
+    add_latency_budget_flags(run_parser)
     run_parser.add_argument(
         "--epochs", type=positive_int, help="finetuning epochs (default: [finetune].epochs)"
     )
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         flops=args.flops,
         params=args.params,
+        latency=args.latency,
+        latency_ms=args.latency_ms,
         epochs=args.epochs,
         distill=True if args.distill else None,
         workers=args.workers,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from acp.cli.argtypes import non_negative_int as _non_negative_int
+from acp.cli.argtypes import positive_float
 from acp.cli.argtypes import positive_int as _positive_int
 from acp.cli.argtypes import ratio as _ratio
 from acp.errors import UserError
@@ -27,6 +28,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (with DIR/config.toml)")
     parser.add_argument("--flops", type=_ratio, help="keep at most this ratio of the base MACs")
     parser.add_argument("--params", type=_ratio, help="keep at most this ratio of the base params")
+    add_latency_budget_flags(parser)
     parser.add_argument(
         "--iterations",
         type=_positive_int,
@@ -55,6 +57,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def add_latency_budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--latency",
+        type=_ratio,
+        help="keep at most this ratio of the base model's latency, measured on the config's [latency] "
+        "runtime (the table is built once, cached; see `acp latency`)",
+    )
+    parser.add_argument("--latency-ms", type=positive_float, help="at most this many milliseconds")
+
+
 def run(args: argparse.Namespace) -> int:
     from acp.settings import parse_duration
     from acp.workflows.search import search
@@ -72,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         flops=args.flops,
         params=args.params,
+        latency=args.latency,
+        latency_ms=args.latency_ms,
         iterations=args.iterations,
         particles=args.particles,
         engine=args.engine,

@@ -36,6 +36,9 @@ MAX_FILE_BYTES = 64 * 2**20  # far above any real architecture; stops a wrong pa
 MAX_NESTING = 32
 SOURCES = ("search", "cluster", "uniform", "manual")
 BUDGET_KEYS = ("flops", "params")
+LATENCY_BUDGET_KEYS = ("latency", "latency_ms")  # present only when a latency budget was given
+# "latency": where a latency budget's predictions were measured, and the prediction for this architecture
+LATENCY_KEYS = ("runtime", "batch_size", "threads", "cpu", "base_ms", "predicted_ms")
 SPACE_DEFAULTS = SpaceSettings().to_dict()
 PROVENANCE_KEYS = (
     "source",
@@ -95,6 +98,7 @@ class Architecture:
     budget: dict  # {"flops": ratio | None, "params": ratio | None}
     space: dict  # {"round_to": int, "min_keep": float, "ignored_layers": [str]}: rebuilds the ChannelSpace
     provenance: dict  # PROVENANCE_KEYS; unknown -> None
+    latency: dict | None = None  # LATENCY_KEYS, for an architecture searched under a latency budget
 
     @property
     def widths(self) -> dict[str, int]:
@@ -141,6 +145,7 @@ class Architecture:
             "budget": copy.deepcopy(self.budget),
             "space": copy.deepcopy(self.space),
             "provenance": copy.deepcopy(self.provenance),
+            **({} if self.latency is None else {"latency": copy.deepcopy(self.latency)}),
             "groups": [
                 {"id": g.id, "full_width": g.full_width, "width": g.width, "keep": list(g.keep)}
                 for g in self.groups
@@ -185,6 +190,7 @@ class Architecture:
         budget: Mapping | None = None,
         space_settings: Mapping | None = None,
         provenance: Mapping | None = None,
+        latency: Mapping | None = None,
     ) -> Architecture:
         """Build a validated Architecture; MACs/params come from ``space.cost``.
 
@@ -198,7 +204,12 @@ class Architecture:
         at = _Field("<from_widths>")
         if not isinstance(identity, ModelIdentity):
             at["identity"].fail(f"expected a ModelIdentity, got {type(identity).__name__}")
-        options = {"budget": budget, "space_settings": space_settings, "provenance": provenance}
+        options = {
+            "budget": budget,
+            "space_settings": space_settings,
+            "provenance": provenance,
+            "latency": latency,
+        }
         for name, value in options.items():
             if value is not None and not isinstance(value, Mapping):
                 at[name].fail(f"expected a mapping, got {_describe(value)}")
@@ -238,6 +249,7 @@ class Architecture:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 **(provenance or {}),
             },
+            **({} if latency is None else {"latency": dict(latency)}),
             "groups": choices,
         }
         architecture = _parse(document, at)
@@ -372,7 +384,7 @@ def _parse(doc: Any, at: _Field) -> Architecture:
     tag = doc["schema"]
     if not (isinstance(tag, str) and tag == SCHEMA):
         at["schema"].fail(f"unsupported schema {_show(tag)}; this acp reads {SCHEMA!r}")
-    _object(at, doc, _TOP_KEYS, ("provenance",))
+    _object(at, doc, _TOP_KEYS, ("provenance", "latency"))
     base_macs = _int(at["base_macs"], doc["base_macs"], 1)
     base_params = _int(at["base_params"], doc["base_params"], 1)
     return Architecture(
@@ -385,6 +397,7 @@ def _parse(doc: Any, at: _Field) -> Architecture:
         budget=_parse_budget(at["budget"], doc["budget"]),
         space=_parse_space(at["space"], doc["space"]),
         provenance=_parse_provenance(at["provenance"], doc.get("provenance", {})),
+        latency=None if doc.get("latency") is None else _parse_latency(at["latency"], doc["latency"]),
     )
 
 
@@ -440,8 +453,26 @@ def _parse_keep(at: _Field, value: Any, full_width: int, width: int) -> tuple[in
 
 
 def _parse_budget(at: _Field, value: Any) -> dict:
-    value = _object(at, value, BUDGET_KEYS)
-    return {key: _optional(_number, at[key], value[key], 0.0, 1.0, open_low=True) for key in BUDGET_KEYS}
+    value = _object(at, value, BUDGET_KEYS, LATENCY_BUDGET_KEYS)
+    budget = {key: _optional(_number, at[key], value[key], 0.0, 1.0, open_low=True) for key in BUDGET_KEYS}
+    if any(key in value for key in LATENCY_BUDGET_KEYS):
+        budget["latency"] = _optional(_number, at["latency"], value.get("latency"), 0.0, 1.0, open_low=True)
+        budget["latency_ms"] = _optional(
+            _number, at["latency_ms"], value.get("latency_ms"), 0.0, open_low=True
+        )
+    return budget
+
+
+def _parse_latency(at: _Field, value: Any) -> dict:
+    value = _object(at, value, LATENCY_KEYS)
+    return {
+        "runtime": _str(at["runtime"], value["runtime"]),
+        "batch_size": _int(at["batch_size"], value["batch_size"], 1),
+        "threads": _int(at["threads"], value["threads"], 1),
+        "cpu": _str(at["cpu"], value["cpu"]),
+        "base_ms": _number(at["base_ms"], value["base_ms"], 0.0, open_low=True),
+        "predicted_ms": _number(at["predicted_ms"], value["predicted_ms"], 0.0, open_low=True),
+    }
 
 
 def _parse_space(at: _Field, value: Any) -> dict:

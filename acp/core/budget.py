@@ -175,6 +175,19 @@ class Budget:
         result = np.minimum.reduce(gaps) if len(gaps) > 1 else gaps[0]
         return result if np.ndim(result) else float(result)
 
+    def latency_record(self, widths) -> dict | None:
+        """For an architecture file: where latency was measured and the prediction for ``widths``
+        (a vector), or None without a latency budget."""
+        if self.max_ms is None:
+            return None
+        where = dict(getattr(self.latency_model, "record", dict)())
+        predicted = float(self.predicted_ms(np.asarray(widths)[None, :])[0])
+        return {**where, "base_ms": self.base_ms, "predicted_ms": predicted}
+
+    def fits_widths(self, widths) -> np.ndarray:
+        """:meth:`fits` of a (P, G) width matrix."""
+        return self._fits(np.atleast_2d(np.asarray(widths, dtype=np.int64)))
+
     def widths_gap(self, widths) -> np.ndarray:
         """:meth:`gap` of a (P, G) width matrix."""
         matrix = np.atleast_2d(np.asarray(widths, dtype=np.int64))

@@ -144,3 +144,19 @@ def _visit(call: Callable[[], object], timing: Timing) -> float:
         call()
         times.append(time.perf_counter() - begin)
     return float(np.median(times) * 1000.0)
+
+
+def measure_models(
+    models: Sequence[nn.Module],
+    input_size: Sequence[int],
+    *,
+    runtime: str,
+    batch_size: int,
+    threads: int,
+    timing: Timing = Timing(rounds=5, min_seconds=0.2),
+) -> list[float]:
+    """Milliseconds per forward of each model on ``runtime``: minimum over interleaved rounds (so the
+    models compared see the same machine), the way the latency tables are measured."""
+    example = torch.randn((batch_size, *input_size), generator=torch.Generator().manual_seed(0))
+    calls = [prepare(runtime, model, example, threads) for model in models]
+    return [float(value) for value in time_rounds(calls, timing, threads=threads).min(axis=1)]

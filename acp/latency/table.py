@@ -123,6 +123,10 @@ class LatencyModel:
         """Median relative spread between rounds over all table points (timing noise of the build)."""
         return float(np.median([table.noise for table in self.tables])) if self.tables else 0.0
 
+    def record(self) -> dict:
+        """Where it was measured (for an architecture file's ``latency``)."""
+        return {key: self.key.get(key) for key in ("runtime", "batch_size", "threads", "cpu")}
+
     def check_space(self, space) -> None:
         """UserError when ``space`` is not the one this model was measured for."""
         if list(space.ids) != list(self.key["groups"]) or [int(w) for w in space.full_widths()] != list(

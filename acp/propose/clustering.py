@@ -175,11 +175,13 @@ def propose_widths(
     mode: str = "budget",
     eps: float | None = None,
     min_samples: int = DEFAULT_MIN_SAMPLES,
+    budget_check=None,
 ) -> Proposal:
     """Widths proposed by clustering every group's channels.
 
-    ``mode="budget"`` needs ``flops`` and/or ``params`` (ratios of the base model, in (0, 1]) and returns
-    the least-compressed cut that meets all of them; ``mode="dbscan"`` needs ``eps`` and takes no budget.
+    ``mode="budget"`` needs ``flops`` and/or ``params`` (ratios of the base model, in (0, 1]), or a
+    ``budget_check`` (an :class:`acp.core.budget.Budget`: e.g. a latency budget), and returns the
+    least-compressed cut that meets all of them; ``mode="dbscan"`` needs ``eps`` and takes no budget.
     Raises UserError for bad settings and for a budget even the smallest allowed widths cannot meet.
     """
     if mode not in MODES:
@@ -201,7 +203,7 @@ def propose_widths(
             raise UserError(f"cluster min_samples must be an integer >= 1, got {min_samples!r}")
         counts = np.array([dbscan_clusters(g, eps, min_samples) for g in group_stats], dtype=np.int64)
         return _make_proposal(space, counts, mode, float(eps), budget)
-    if budget["flops"] is None and budget["params"] is None:
+    if budget["flops"] is None and budget["params"] is None and budget_check is None:
         raise UserError("cluster mode 'budget' needs a flops and/or params ratio")
     dendrograms = [group_dendrogram(g) for g in group_stats]
     thresholds = np.unique(np.concatenate([[-1.0], *(d.heights for d in dendrograms)]))
@@ -210,7 +212,10 @@ def propose_widths(
         return np.array([d.clusters_at(thresholds[index]) for d in dendrograms], dtype=np.int64)
 
     def meets(index: int) -> bool:
-        macs, n_params = space.cost(_widths_from_counts(space, counts_at(index)))
+        widths = _widths_from_counts(space, counts_at(index))
+        macs, n_params = space.cost(widths)
+        if budget_check is not None and not budget_check.fits_widths(widths[None, :])[0]:
+            return False
         return _within(macs, n_params, space, budget)
 
     last = len(thresholds) - 1

@@ -244,7 +244,14 @@ class ProxyEvaluator:
         key = self._key(widths)
         return {group.id: self._select(group.id, width) for group, width in zip(self.space.groups, key)}
 
-    def architecture(self, widths, *, budget: Mapping | None = None, provenance: Mapping | None = None):
+    def architecture(
+        self,
+        widths,
+        *,
+        budget: Mapping | None = None,
+        provenance: Mapping | None = None,
+        latency: Mapping | None = None,
+    ):
         """The Architecture an evaluation of ``widths`` materializes (for ``best_arch.json``)."""
         key = self._key(widths)
         return Architecture.from_widths(
@@ -255,6 +262,7 @@ class ProxyEvaluator:
             budget=budget,
             space_settings=dict(self.space.settings),
             provenance={"criterion": self.criterion_name, "created": None, **dict(provenance or {})},
+            latency=latency,
         )
 
     def pruned_model(self, widths) -> nn.Module:

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 
 
-def search_report(path: str | os.PathLike, result, rows: list[dict], full_widths) -> Path:
+def search_report(
+    path: str | os.PathLike, result, rows: list[dict], full_widths, latency_budget=None
+) -> Path:
     """Four panels: the best proxy score so far against evaluations and against wall time, every
-    evaluation (score vs MACs ratio, the finalists marked), and the chosen architecture's width per group
-    against the full widths. Written atomically."""
+    evaluation (score vs MACs ratio, the finalists marked; vs *predicted latency* when ``latency_budget``,
+    a :class:`acp.core.budget.Budget` with a latency limit, is given), and the chosen architecture's width
+    per group against the full widths. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -44,33 +47,46 @@ def search_report(path: str | os.PathLike, result, rows: list[dict], full_widths
     clock.set(xlabel=f"search wall time ({unit})", ylabel="proxy score", title="best score against time")
 
     ok = [row for row in rows if row["score"] is not None]
+    if latency_budget is not None:
+        base_ms = latency_budget.base_ms
+
+        def position(records) -> np.ndarray:
+            widths = np.array([record["widths"] for record in records], dtype=np.int64)
+            return latency_budget.predicted_ms(widths) / base_ms
+
+        axis_label, limit, limit_label = (
+            f"predicted latency / base ({base_ms:.3g} ms)",
+            latency_budget.max_ms / base_ms,
+            "latency budget",
+        )
+    else:
+
+        def position(records) -> np.ndarray:
+            return np.array([record["macs"] for record in records]) / result.base_macs
+
+        axis_label, limit, limit_label = "MACs / base MACs", result.budget.get("flops"), "MACs budget"
     if ok:
-        ratios = np.array([row["macs"] for row in ok]) / result.base_macs
         scores = np.array([row["score"] for row in ok])
         colour = np.array([row["iteration"] for row in ok])
-        points = scatter.scatter(ratios, scores, c=colour, cmap="viridis", s=12)
+        points = scatter.scatter(position(ok), scores, c=colour, cmap="viridis", s=12)
         figure.colorbar(points, ax=scatter, label="iteration")
     finalists = [row for row in getattr(result, "finalists", []) if row.get("score") is not None]
     if finalists:
         scatter.scatter(
-            np.array([row["macs"] for row in finalists]) / result.base_macs,
-            [row["score"] for row in finalists],
+            position(finalists), [row["score"] for row in finalists],
             facecolors="none", edgecolors="red", s=60, label=f"finalists ({len(finalists)})",
         )  # fmt: skip
         chosen = result.best
         scatter.scatter(
-            [chosen["macs"] / result.base_macs], [chosen["score"]], marker="*", color="red", s=160,
-            label="chosen (re-ranked)",
+            position([chosen]), [chosen["score"]], marker="*", color="red", s=160, label="chosen (re-ranked)",
         )  # fmt: skip
-    if result.budget.get("flops") is not None:
-        scatter.axvline(result.budget["flops"], color="red", linewidth=0.8, label="MACs budget")
-    if finalists or result.budget.get("flops") is not None:
+    if limit is not None:
+        scatter.axvline(limit, color="red", linewidth=0.8, label=limit_label)
+    if finalists or limit is not None:
         scatter.legend(loc="lower right", fontsize=8)
     failed = len(rows) - len(ok)
     scatter.set(
-        xlabel="MACs / base MACs",
-        ylabel="proxy score",
-        title=f"all evaluations ({len(rows)}, {failed} failed)",
+        xlabel=axis_label, ylabel="proxy score", title=f"all evaluations ({len(rows)}, {failed} failed)"
     )
 
     full = np.asarray(full_widths)

@@ -322,7 +322,7 @@ class Study:
 
     def _rows(self, iteration: int, widths: np.ndarray, records: list[dict]) -> list[dict]:
         macs, params = self.space.cost(widths)
-        gaps = self.budget.gap(macs, params)
+        gaps = self.budget.gap(macs, params, self.budget.predicted_ms(widths))
         far = int(np.sum(gaps > self.settings.tolerance))
         if far:
             log.warning(
@@ -374,7 +374,11 @@ class Study:
             **extra,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        architecture = self.architecture(best["widths"], budget=self.budget.as_dict(), provenance=provenance)
+        latency = self.budget.latency_record(np.asarray(best["widths"], dtype=np.int64))
+        options = {} if latency is None else {"latency": latency}
+        architecture = self.architecture(
+            best["widths"], budget=self.budget.as_dict(), provenance=provenance, **options
+        )
         architecture.save(self.run_dir / BEST_ARCH_FILE)
 
     # --- re-ranking the finalists ------------------------------------------------------------------
@@ -514,7 +518,8 @@ class Study:
                 rows = history.rows()
             finally:
                 history.close()
-            search_report(self.run_dir / REPORT_FILE, result, rows, self.space.full_widths())
+            latency = self.budget if getattr(self.budget, "max_ms", None) is not None else None
+            search_report(self.run_dir / REPORT_FILE, result, rows, self.space.full_widths(), latency)
         except Exception as error:  # a plot must never cost the user the search result
             log.warning("could not write %s: %s", self.run_dir / REPORT_FILE, error)
 

@@ -153,8 +153,33 @@ def _before_metrics(out_dir, resume, base, pruned, arch, image_data, splits, wit
                 "speedup": base_ms / pruned_ms,
             }
         metrics["latency_cpu"] = latency
+        if arch.latency is not None:
+            metrics["latency_budget"] = _measured_against_budget(base, pruned, arch)
     atomic_write_json(path, metrics)
     return metrics
+
+
+def _measured_against_budget(base, pruned, arch) -> dict:
+    """For an architecture searched under a latency budget: its latency measured on the runtime, batch
+    size and thread count the budget's table was built for, next to the prediction."""
+    from acp.latency.runtimes import measure_models
+
+    where = arch.latency
+    base_ms, pruned_ms = measure_models(
+        [base, pruned],
+        arch.model.input_size,
+        runtime=where["runtime"],
+        batch_size=where["batch_size"],
+        threads=where["threads"],
+    )
+    return {
+        **where,
+        "budget": {key: arch.budget.get(key) for key in ("latency", "latency_ms")},
+        "measured_base_ms": base_ms,
+        "measured_ms": pruned_ms,
+        "measured_ratio": pruned_ms / base_ms,
+        "predicted_ratio": where["predicted_ms"] / where["base_ms"],
+    }
 
 
 def _write_metrics(out_dir: Path, extra: dict) -> None:
@@ -218,6 +243,16 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
             f"{metrics['params']:,} ({100 * metrics['params_ratio']:.1f}%)",
         )
     )
+    measured = metrics.get("latency_budget")
+    if measured is not None:
+        rows.append(
+            (
+                f"latency ({measured['runtime']}, batch {measured['batch_size']})",
+                f"{measured['measured_base_ms']:.2f} ms",
+                f"{measured['measured_ms']:.2f} ms = {measured['measured_ratio']:.1%} of the base "
+                f"(predicted {measured['predicted_ratio']:.1%})",
+            )
+        )
     for batch, latency in metrics.get("latency_cpu", {}).items():
         rows.append(
             (

@@ -33,6 +33,8 @@ def run_pipeline(
     resume: str | Path | None = None,
     flops: float | None = None,
     params: float | None = None,
+    latency: float | None = None,
+    latency_ms: float | None = None,
     epochs: int | None = None,
     distill: bool | None = None,
     workers: int | None = None,
@@ -47,14 +49,28 @@ def run_pipeline(
         run_dir = Path(resume)
         rundir.read_run_settings(run_dir)  # a clear error when DIR is not a run
         search_result = search(
-            config, resume=run_dir, flops=flops, params=params, workers=workers, progress=progress
+            config,
+            resume=run_dir,
+            flops=flops,
+            params=params,
+            latency=latency,
+            latency_ms=latency_ms,
+            workers=workers,
+            progress=progress,
         )
     else:
         if out is None or config is None:
             raise UserError("acp run: a CONFIG and --out DIR are required (or --resume DIR)")
         run_dir = Path(out)
         search_result = search(
-            config, out=run_dir, flops=flops, params=params, workers=workers, progress=progress
+            config,
+            out=run_dir,
+            flops=flops,
+            params=params,
+            latency=latency,
+            latency_ms=latency_ms,
+            workers=workers,
+            progress=progress,
         )
     if search_result.stopped == "interrupted" or search_result.best is None:
         raise UserError(f"{run_dir}: the search found no usable architecture (all evaluations failed)")

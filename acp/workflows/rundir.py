@@ -22,6 +22,7 @@ from acp.settings import RunSettings, load_settings
 
 CONFIG_FILE = "config.toml"
 PROPOSAL_FILE = "proposal.json"
+LATENCY_FILE = "latency_table.json"  # the latency table a latency-budget search predicts with
 FINETUNE_DIR = "finetune"
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "CONFIG_FILE",
     "FINETUNE_DIR",
     "HISTORY_FILE",
+    "LATENCY_FILE",
     "PREVIOUS_CHECKPOINT_FILE",
     "PROPOSAL_FILE",
     "REPORT_FILE",

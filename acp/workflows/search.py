@@ -13,6 +13,8 @@ candidates exactly as the interrupted run did.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -48,6 +50,8 @@ def search(
     resume=None,
     flops: float | None = None,
     params: float | None = None,
+    latency: float | None = None,
+    latency_ms: float | None = None,
     iterations: int | None = None,
     particles: int | None = None,
     engine: str | None = None,
@@ -59,8 +63,8 @@ def search(
     time_limit: str | float | None = None,
     progress: bool = False,
 ) -> SearchResult:
-    """Search ``config`` (a TOML path or :class:`RunSettings`) under a MACs/params budget into ``out``;
-    or continue the run in directory ``resume``. Keyword overrides win over the config's values; on
+    """Search ``config`` (a TOML path or :class:`RunSettings`) under a MACs/params/latency budget, into
+    ``out``; or continue the run in directory ``resume``. Keyword overrides win over the config's values; on
     resume only the execution settings (iterations, time_limit, workers, backend, dask_scheduler) may
     change: a run resumed with a larger ``iterations`` or ``time_limit`` continues exactly where it stopped.
     With a ``time_limit`` and no ``iterations`` the search runs until the time is up (anytime).
@@ -69,6 +73,7 @@ def search(
     and the uniform baseline's records, ``architecture`` = the saved ``best_arch.json``).
     """
     choices = {"particles": particles, "engine": engine, "seed": seed, "patience": patience}
+    budget_flags = {"flops": flops, "params": params, "latency": latency, "latency_ms": latency_ms}
     execution = {
         "iterations": iterations,
         "workers": workers,
@@ -80,7 +85,7 @@ def search(
         run_dir = Path(resume)
         stored = rundir.read_run_settings(run_dir)
         given = stored if config is None else as_settings(config)
-        given = _with_overrides(given, flops, params, choices)
+        given = _with_overrides(given, budget_flags, choices)
         difference = stored.first_difference(given)
         if difference is not None:
             field_name, before, now = difference
@@ -98,13 +103,13 @@ def search(
         from acp.fileio import require_fresh_output
 
         require_fresh_output(run_dir, "pick a new directory or pass --resume")
-        settings = _with_overrides(as_settings(config), flops, params, choices)
+        settings = _with_overrides(as_settings(config), budget_flags, choices)
     settings = settings.replace(search=settings.search.replace(**execution))
     return _run(settings, run_dir, resume=resume is not None, progress=progress)
 
 
-def _with_overrides(settings: RunSettings, flops, params, choices: Mapping) -> RunSettings:
-    settings = settings.with_budget(flops=flops, params=params)
+def _with_overrides(settings: RunSettings, budget_flags: Mapping, choices: Mapping) -> RunSettings:
+    settings = settings.with_budget(**budget_flags)
     return settings.replace(search=settings.search.replace(**choices))
 
 
@@ -115,12 +120,14 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         finalist_proxy_data,
         fit_to_training_split,
     )
+    from acp.workflows.latency import search_latency_model, write_search_latency
     from acp.workflows.problem import load_problem
 
     settings.budget.require("acp search")
     problem = load_problem(settings, require_weights=True)
     space = problem.space
-    budget = Budget(space, flops=settings.budget.flops, params=settings.budget.params)
+    latency_model = search_latency_model(problem, run_dir, resume=resume, progress=progress)
+    budget = Budget(space, **settings.budget.to_dict(), latency_model=latency_model)
     data, splits = problem.data()
     proxy_settings = fit_to_training_split(settings.proxy, len(splits.train))
     proxy_data = default_proxy_data(data, splits.train, proxy_settings, seed=settings.data.seed)
@@ -147,6 +154,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
         rundir.write_proposal(run_dir, proposal_widths, space, criterion)
+        write_search_latency(run_dir, latency_model)
     study = Study(
         space,
         evaluator,
@@ -155,7 +163,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         run_dir,
         proposal_widths=proposal_widths,
         progress=progress,
-        fingerprint={"data": proxy_data.description},
+        fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
         finalist_evaluator=finalist_evaluator,
         finalists=settings.rerank.finalists,
     )
@@ -165,6 +173,14 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         if not resume:
             _remove_if_nothing_evaluated(run_dir)
         raise
+
+
+def _latency_fingerprint(latency_model) -> dict:
+    """A resumed search must predict with the very table it started with (its run directory's copy)."""
+    if latency_model is None:
+        return {}
+    document = json.dumps(latency_model.to_dict(), sort_keys=True)
+    return {"latency_table": hashlib.sha256(document.encode()).hexdigest()[:16]}
 
 
 def _remove_if_nothing_evaluated(run_dir: Path) -> None:
@@ -193,7 +209,13 @@ def _propose(problem, budget: Budget, proxy_data):
     statistics = collect_statistics(
         problem.model, problem.space, proxy_data.calibration_images, labels=proxy_data.calibration_labels
     )
-    proposal = propose_widths(statistics, problem.space, flops=budget.flops, params=budget.params)
+    proposal = propose_widths(
+        statistics,
+        problem.space,
+        flops=budget.flops,
+        params=budget.params,
+        budget_check=budget if budget.max_ms is not None else None,
+    )
     log.info(
         "clustering proposal: MACs %.1f%%, params %.1f%% of the base model",
         100 * proposal.macs_ratio,

@@ -197,3 +197,32 @@ def test_an_unreadable_cache_file_is_measured_again(model_and_space, tmp_path):
     path.write_text("{not json")
     (_, _, from_cache), meter = cached(model_and_space, settings)
     assert not from_cache and json.loads(path.read_text())["format"] == "acp.latency/1"
+
+
+# --- round_to from the measurements --------------------------------------------------------------------
+
+
+class CliffMeter(SyntheticMeter):
+    """Kernels that work in blocks of ``block`` output channels: 17 channels cost as much as 24."""
+
+    def __init__(self, space, block: int):
+        super().__init__(space)
+        self.block = block
+
+    def layer_ms(self, layer, cin: int, cout: int) -> float:
+        return super().layer_ms(layer, cin, -(-cout // self.block) * self.block)
+
+
+@pytest.mark.parametrize("block, expected", [(1, 32), (8, 8), (16, 16)])
+def test_suggested_round_to_follows_the_latency_cliffs(block, expected):
+    from acp.latency.rounding import rounding_scan, suggest_round_to
+
+    space = build_space(ModelIdentity("resnet20_cifar", 10, (3, 32, 32), {}), {})[1]
+    latency, _ = synthetic_model(space, CliffMeter(space, block), grid_points=3)
+    scan = rounding_scan(latency, space, CliffMeter(space, block), layers=2, window=64)
+    assert len(scan.layers) == 2 and all(len(widths) == len(ms) for widths, ms in zip(scan.widths, scan.ms))
+    step, costs = suggest_round_to(scan, tolerance=0.0 if block > 1 else 10.0)
+    if block > 1:
+        assert step == expected and costs[block] == 0.0 and costs[2 * block] > 0.0
+    else:  # no cliffs: every rounding costs time; only a huge tolerance admits the largest step
+        assert costs[2] > 0 and step == expected

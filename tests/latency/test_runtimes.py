@@ -75,3 +75,22 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch):
 def test_unknown_runtime_is_refused():
     with pytest.raises(UserError, match="not one of torch, torchscript, onnxruntime"):
         require_runtime("tensorrt")
+
+
+def test_acp_latency_measures_caches_and_suggests_a_round_to(tmp_path, capsys):
+    from acp.cli import main
+
+    config = tmp_path / "r8.toml"
+    config.write_text(
+        '[model]\nname = "resnet8_cifar"\nnum_classes = 10\ninput_size = [3, 16, 16]\n'
+        "[latency]\ngrid_points = 2\ncalibration_models = 3\nrounds = 1\nmin_seconds = 0.0\n"
+        f'cache_dir = "{tmp_path}"\n'
+    )
+    assert main(["latency", str(config), "--quiet", "--suggest-round-to"]) == 0
+    out = capsys.readouterr().out
+    assert "(measured in" in out and "suggested [space] round_to = " in out
+    assert "1: +" in out and "4: +" in out and "8: +" not in out  # 16-channel groups: steps up to 16 // 4
+    assert main(["latency", str(config), "--quiet"]) == 0
+    assert "(read from the cache)" in capsys.readouterr().out
+    assert main(["latency", str(config), "--quiet", "--runtime", "tensorrt"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""A search under a latency budget, end to end (ResNet-8 on 16x16 digits), with a synthetic latency table
+placed in the cache, so every prediction is known exactly: every candidate meets the budget, the
+architecture records it, a resumed run predicts with its own copy of the table, and bad budgets are
+one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SEARCH_CONFIG
+
+from acp.cli import main
+from acp.core.architecture import Architecture
+from acp.errors import UserError
+from acp.latency import load_or_build
+from acp.latency.table import LatencyModel
+from acp.models import create_model
+from acp.search import store
+from acp.settings import load_settings
+from acp.testing import SyntheticMeter
+from acp.workflows.latency import identity_document
+from acp.workflows.problem import load_problem
+from acp.workflows.search import search
+
+
+def write_config(directory, budget: str) -> tuple:
+    torch.manual_seed(0)
+    torch.save(create_model("resnet8_cifar", num_classes=10).state_dict(), directory / "weights.pt")
+    text = TINY_SEARCH_CONFIG.replace("[budget]\nflops = 0.5\n", f"[budget]\n{budget}\n")
+    text += f'\n[latency]\ngrid_points = 3\ncalibration_models = 4\ncache_dir = "{directory / "cache"}"\n'
+    path = directory / "search.toml"
+    path.write_text(text, encoding="utf-8")
+    problem = load_problem(load_settings(path))
+    latency, cached_at, _ = load_or_build(
+        problem.model,
+        problem.space,
+        identity_document(problem.identity),
+        problem.settings.latency,
+        meter=SyntheticMeter(problem.space, overhead=0.001, layer_overhead=1e-4, per_million=0.001),
+    )
+    return path, problem, latency, cached_at
+
+
+@pytest.fixture(scope="module")
+def latency_problem(tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("latency"), "latency = 0.6")
+
+
+@pytest.fixture(scope="module")
+def finished(latency_problem, tmp_path_factory):
+    path, _, _, _ = latency_problem
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return search(path, out=out), out
+
+
+def test_every_candidate_meets_the_latency_budget(latency_problem, finished):
+    _, problem, latency, _ = latency_problem
+    result, out = finished
+    rows = store.History(out / store.HISTORY_FILE).rows()
+    widths = np.array([row["widths"] for row in rows])
+    predicted = latency(widths)
+    assert np.all(predicted <= 0.6 * latency.base_ms + 1e-12)
+    assert np.median(predicted / (0.6 * latency.base_ms)) > 0.98  # repaired onto the budget, not far below it
+    assert result.budget == {"flops": None, "params": None, "latency": 0.6, "latency_ms": None}
+
+
+def test_the_architecture_records_the_latency_budget_and_prediction(latency_problem, finished):
+    _, problem, latency, _ = latency_problem
+    _, out = finished
+    arch = Architecture.load(out / "best_arch.json")
+    assert arch.budget["latency"] == 0.6 and arch.budget["latency_ms"] is None
+    widths = np.array(list(arch.widths.values()))
+    assert arch.latency == {
+        "runtime": "torch",
+        "batch_size": 1,
+        "threads": 1,
+        "cpu": latency.key["cpu"],
+        "base_ms": latency.base_ms,
+        "predicted_ms": float(latency(widths)),
+    }
+    assert arch.latency["predicted_ms"] <= 0.6 * arch.latency["base_ms"]
+    assert Architecture.from_dict(json.loads((out / "best_arch.json").read_text())) == arch
+    assert (out / "latency_table.json").is_file() and (out / "report.png").is_file()
+
+
+def test_resume_predicts_with_the_run_directorys_table(latency_problem, finished, tmp_path):
+    path, _, _, cached_at = latency_problem
+    _, fresh = finished
+    out = tmp_path / "run"
+    search(path, out=out, iterations=1)
+    saved = cached_at.read_bytes()
+    document = json.loads(saved)
+    document["coefficients"][2] += 5.0  # the cache now holds a different table for the same key
+    cached_at.write_text(json.dumps(document))
+    try:
+        search(resume=out, iterations=2)
+    finally:
+        cached_at.write_bytes(saved)
+    assert results(out) == results(fresh)
+    assert Architecture.load(out / "best_arch.json").content_equal(
+        Architecture.load(fresh / "best_arch.json")
+    )
+
+
+def results(run_dir) -> list[dict]:
+    """History rows without the wall time and worker of each evaluation."""
+    rows = store.History(run_dir / store.HISTORY_FILE).rows()
+    return [{k: v for k, v in row.items() if k not in ("seconds", "worker")} for row in rows]
+
+
+def test_a_swapped_run_table_is_refused_on_resume(latency_problem, finished, tmp_path):
+    _, fresh = finished
+    out = tmp_path / "copy"
+    shutil.copytree(fresh, out)
+    document = json.loads((out / "latency_table.json").read_text())
+    document["coefficients"][0] *= 1.01
+    (out / "latency_table.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match="latency_table"):
+        search(resume=out, iterations=3)
+
+
+def test_mixed_budget_meets_both(tmp_path):
+    path, problem, latency, _ = write_config(tmp_path, "latency = 0.8\nflops = 0.45")
+    result = search(path, out=tmp_path / "run", iterations=1)
+    rows = store.History(tmp_path / "run" / store.HISTORY_FILE).rows()
+    assert all(row["macs"] <= 0.45 * problem.space.base_macs for row in rows)
+    assert np.all(latency(np.array([row["widths"] for row in rows])) <= 0.8 * latency.base_ms + 1e-12)
+    assert result.budget["flops"] == 0.45 and result.budget["latency"] == 0.8
+
+
+def test_infeasible_latency_budget_is_exit_2_with_the_minimum(latency_problem, tmp_path, capsys):
+    path, problem, latency, _ = latency_problem
+    least = float(latency(problem.space.min_widths())) / latency.base_ms
+    code = main(["search", str(path), "--out", str(tmp_path / "run"), "--latency", f"{least * 0.8:.4f}"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert "is infeasible" in error and "minimum achievable is --latency" in error
+    assert not (tmp_path / "run").exists()
+    assert main(["search", str(path), "--out", str(tmp_path / "run"), "--latency-ms", "-3"]) == 2
+    assert "--latency-ms: expected a positive number" in capsys.readouterr().err
+
+
+def test_acp_latency_and_info_read_the_cached_table(latency_problem, capsys):
+    path, problem, latency, cached_at = latency_problem
+    assert main(["latency", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"latency table: {cached_at} (read from the cache)" in out
+    assert f"{latency.base_ms:.3f} ms predicted" in out and "latency share" in out
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "latency at stake" in out and f"base {latency.base_ms:.3g} ms" in out
+
+
+def test_serialized_run_table_equals_the_cached_one(latency_problem, finished):
+    _, _, latency, _ = latency_problem
+    _, out = finished
+    stored = LatencyModel.from_dict(json.loads((out / "latency_table.json").read_text()))
+    assert stored.to_dict() == latency.to_dict()
+
+
+def test_finetune_records_the_measured_latency_on_the_budgets_runtime(finished, tmp_path):
+    from acp.train.finetune import summary_rows
+    from acp.workflows.finetune import finetune
+
+    _, out = finished
+    result = finetune(out / "best_arch.json", out_dir=tmp_path / "ft", epochs=1, progress=False)
+    measured = json.loads((tmp_path / "ft" / "metrics.json").read_text())["latency_budget"]
+    arch = Architecture.load(out / "best_arch.json")
+    assert {key: measured[key] for key in ("runtime", "batch_size", "threads", "predicted_ms")} == {
+        key: arch.latency[key] for key in ("runtime", "batch_size", "threads", "predicted_ms")
+    }
+    assert measured["budget"] == {"latency": 0.6, "latency_ms": None}
+    assert measured["measured_ms"] > 0 and measured["measured_base_ms"] > 0
+    assert measured["measured_ratio"] == pytest.approx(measured["measured_ms"] / measured["measured_base_ms"])
+    assert result.arch.latency == arch.latency
+    rows = summary_rows(json.loads((tmp_path / "ft" / "metrics.json").read_text()))
+    assert any(row[0] == "latency (torch, batch 1)" and "predicted" in row[2] for row in rows)
