@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--round-to", type=int, default=1, help="[space].round_to of every model")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/acp15/latency_model"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/acp15/latency-cache"), help="table cache")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     return parser.parse_args(argv)
@@ -91,7 +92,7 @@ def run_row(name: str, runtime: str, batch: int, args) -> dict:
 
     model, space, identity = build_problem(name, args.round_to, args.quick)
     settings = LatencySettings(
-        runtime=runtime, batch_size=batch, threads=args.threads, cache_dir=str(args.out / "cache")
+        runtime=runtime, batch_size=batch, threads=args.threads, cache_dir=str(args.cache)
     )
     if args.quick:
         settings = settings.replace(grid_points=3, calibration_models=4, rounds=1, min_seconds=0.0)

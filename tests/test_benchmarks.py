@@ -90,6 +90,7 @@ def test_bench_quality_quick_runs_every_default_row_and_resumes(tmp_path):
 
 def test_bench_latency_model_quick_runs_and_resumes(tmp_path):
     command = [sys.executable, str(BENCHMARKS / "bench_latency_model.py"), "--quick", "--out", str(tmp_path)]
+    command += ["--cache", str(tmp_path / "cache")]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("*-quick.json"))]
@@ -97,3 +98,27 @@ def test_bench_latency_model_quick_runs_and_resumes(tmp_path):
     assert all(len(row["measured_ms"]) == len(row["predicted_ms"]) == 7 for row in rows)
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
+
+
+def test_bench_latency_search_quick_constraint_part_runs(tmp_path):
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "bench_latency_search.py"),
+        "--quick",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    command += ["--cache", str(tmp_path / "cache")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(next((tmp_path / "x").glob("constraint-*-quick.json")).read_text())
+    assert [(row["budget_kind"], row["budget"]) for row in rows] == [
+        ("latency", 0.7),
+        ("flops", 0.7),
+        ("latency", 0.5),
+        ("flops", 0.5),
+    ]
+    assert all(
+        row["predicted_median"] <= row["budget"] + 1e-9 for row in rows if row["budget_kind"] == "latency"
+    )
+    assert all(row["macs_median"] <= row["budget"] for row in rows if row["budget_kind"] == "flops")

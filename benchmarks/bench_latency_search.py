@@ -1,0 +1,301 @@
+"""Latency budgets, measured: do latency-budgeted models run as fast as asked, and at what accuracy?
+
+Part ``constraint`` (every model; random-init weights: time does not depend on them): for ResNet-20 at
+32 px and torchvision ResNet-18 / MobileNetV2 at 224 px, on one runtime and batch size (default torch
+eager, batch 1, 1 thread), with the table acp builds ([latency] defaults):
+
+- ``--candidates`` keep-ratio vectors (the uniform shape and seeded random shapes, exactly what a search
+  proposes) are repaired onto ``latency = B`` for each budget B, and onto ``flops = B`` for comparison;
+- every repaired model and the base are measured whole, interleaved over ``--rounds`` rounds (minimum
+  kept); reported per row: measured latency / base (median and worst over the candidates; the goal is
+  worst <= B + 0.03), predicted ratio, MACs ratio, and efficiency = speed-up / MACs reduction (the
+  bench_latency.py figure; goal >= 0.9 for latency-budgeted models).
+
+Every candidate a search scores has gone through the same repair, so the worst candidate bounds what a
+search can return.
+
+Part ``accuracy`` (the shared ResNet-20, CIFAR-10): bench_quality.py's acp architectures at 50% MACs
+(``--quality-dir``) are measured; their mean measured latency ratio R is the latency budget of acp
+searches with the *same* search settings (``--iterations``, seeds 0..S-1, re-ranked); both sets are then
+finetuned with bench_quality's recipe (``--epochs``, ``--train-images``, finetune seed i for search seed i)
+and reported with measured latency, MACs and params ratios, accuracy on the selection slice and, once,
+on the validation split.
+
+    python benchmarks/bench_latency_search.py --part constraint       # ~20 min on 2 idle cores
+    python benchmarks/bench_latency_search.py --part accuracy         # ~30 min (needs bench_quality's run)
+    python benchmarks/bench_latency_search.py --quick --no-write      # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "Latency budgets (bench_latency_search.py)"
+CONFIG = ROOT / "search_spaces" / "resnet20_cifar10.toml"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_common import provenance_lines, update_section  # noqa: E402
+from bench_latency_model import build_problem  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["constraint", "accuracy", "both"], default="both")
+    parser.add_argument("--models", default="resnet20_cifar,resnet18,mobilenet_v2")
+    parser.add_argument("--budgets", default="0.5,0.3")
+    parser.add_argument("--runtime", default="torch")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--candidates", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-images", type=int, default=10000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quality-dir", type=Path, default=Path("/tmp/acp14/quality"))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/acp15/latency_search"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/acp15/latency-cache"), help="table cache")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    return parser.parse_args(argv)
+
+
+def latency_settings(args, cache: Path):
+    from acp.settings import LatencySettings
+
+    settings = LatencySettings(
+        runtime=args.runtime, batch_size=args.batch, threads=args.threads, cache_dir=str(cache)
+    )
+    if args.quick:
+        settings = settings.replace(grid_points=3, calibration_models=4, rounds=1, min_seconds=0.0)
+    return settings
+
+
+def measure(model, space, widths: np.ndarray, args) -> np.ndarray:
+    """Minimum over interleaved rounds of each width vector's whole-model latency, in ms."""
+    import torch
+
+    from acp.latency.runtimes import Timing, prepare, time_rounds
+    from acp.latency.table import pruned_at
+
+    example = torch.randn((args.batch, *space.input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    calls = [
+        prepare(args.runtime, pruned_at(model, space, row).eval(), example, args.threads) for row in widths
+    ]
+    timing = Timing(rounds=args.rounds, min_seconds=0.0 if args.quick else 0.2)
+    return time_rounds(calls, timing, threads=args.threads, seed=7).min(axis=1)
+
+
+def constraint_rows(name: str, args) -> list[dict]:
+    from acp.core.budget import Budget
+    from acp.latency import load_or_build
+
+    model, space, identity = build_problem(name, 1, args.quick)
+    meter = None
+    if args.quick:  # a measured tiny table is noise; the smoke test needs a feasible, repeatable budget
+        from acp.testing import SyntheticMeter
+
+        meter = SyntheticMeter(space, overhead=0.01, layer_overhead=1e-4)
+    cache = args.cache / "quick" if args.quick else args.cache
+    latency, _, _ = load_or_build(model, space, identity, latency_settings(args, cache), meter=meter)
+    rng = np.random.default_rng(3)
+    shapes = np.vstack(
+        [np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (args.candidates - 1, len(space.groups)))]
+    )
+    budgets = [float(b) for b in args.budgets.split(",")]
+    blocks, labels = [space.full_widths()[None, :]], [("base", None)]
+    for budget in budgets:
+        for kind in ("latency", "flops"):
+            repaired = Budget(space, **{kind: budget}, latency_model=latency).repair(shapes)
+            blocks.append(repaired)
+            labels.append((kind, budget))
+    widths = np.vstack(blocks)
+    measured = measure(model, space, widths, args)
+    predicted = latency(widths)
+    macs = space.cost(widths)[0]
+    base_ms, base_macs = measured[0], macs[0]
+    rows = []
+    for index, (kind, budget) in enumerate(labels[1:]):
+        part = slice(1 + index * len(shapes), 1 + (index + 1) * len(shapes))
+        ratio = measured[part] / base_ms
+        macs_ratio = macs[part] / base_macs
+        rows.append(
+            {
+                "model": name,
+                "budget_kind": kind,
+                "budget": budget,
+                "candidates": len(shapes),
+                "base_ms": float(base_ms),
+                "measured_median": float(np.median(ratio)),
+                "measured_worst": float(ratio.max()),
+                "predicted_median": float(np.median(predicted[part] / predicted[0])),
+                "macs_median": float(np.median(macs_ratio)),
+                "efficiency_median": float(np.median((1 / ratio) / (1 / macs_ratio))),
+                "efficiency_worst": float(np.min((1 / ratio) / (1 / macs_ratio))),
+            }
+        )
+    return rows
+
+
+def constraint_lines(rows: list[dict], args) -> list[str]:
+    lines = [
+        f"Runtime {args.runtime}, batch {args.batch}, {args.threads} thread(s); {args.candidates} repaired "
+        f"candidates per row (uniform shape + random shapes), measured whole in {args.rounds} interleaved "
+        "rounds (minimum kept). Ratios are of the base model measured in the same rounds.",
+        "",
+        "| model | budget | base ms | measured latency / base (median, worst) | predicted | MACs / base "
+        "| efficiency (median, worst) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        what = (
+            f"latency = {row['budget']:g}" if row["budget_kind"] == "latency" else f"MACs = {row['budget']:g}"
+        )
+        lines.append(
+            f"| {row['model']} | {what} | {row['base_ms']:.3g} | {row['measured_median']:.3f}, "
+            f"{row['measured_worst']:.3f} | {row['predicted_median']:.3f} | {row['macs_median']:.3f} | "
+            f"{row['efficiency_median']:.2f}, {row['efficiency_worst']:.2f} |"
+        )
+    return lines
+
+
+def accuracy_part(args) -> list[str]:
+    import bench_quality
+
+    import acp
+    from acp.core.architecture import Architecture
+    from acp.prune import build_space
+    from acp.settings import load_settings
+
+    settings = load_settings(CONFIG)
+    macs_dirs = [args.quality_dir / "flops0.5" / "acp" / f"search{seed}" for seed in range(args.seeds)]
+    missing = [str(d) for d in macs_dirs if not (d / "arch.json").is_file()]
+    if missing:
+        raise SystemExit(f"bench_quality's acp architectures are missing: {', '.join(missing)}")
+    macs_archs = [Architecture.load(d / "arch.json") for d in macs_dirs]
+    model, space = build_space(macs_archs[0].model, macs_archs[0].space)
+    model.eval()
+    widths = np.array([list(a.widths.values()) for a in macs_archs])
+    measured = measure(model, space, np.vstack([space.full_widths()[None, :], widths]), args)
+    target = float(np.mean(measured[1:] / measured[0]))
+    latency_archs = []
+    settings = settings.replace(latency=latency_settings(args, args.cache))
+    for seed in range(args.seeds):
+        out = args.out / f"latency{target:.3f}" / f"search{seed}"
+        if not (out / "best_arch.json").is_file() or not (out / "done").is_file():
+            result = acp.search(
+                settings,
+                out=out if not out.exists() else None,
+                resume=out if out.exists() else None,
+                latency=round(target, 4),
+                seed=seed,
+                iterations=args.iterations,
+                workers=args.workers,
+            )
+            (out / "done").write_text(str(result.stopped))
+        latency_archs.append(out / "best_arch.json")
+    both = np.array([list(Architecture.load(p).widths.values()) for p in latency_archs])
+    measured = measure(model, space, np.vstack([space.full_widths()[None, :], widths, both]), args)
+    ratios = measured[1:] / measured[0]
+    jobs = []
+    for label, paths in (("macs", [d / "arch.json" for d in macs_dirs]), ("latency", latency_archs)):
+        for seed, path in enumerate(paths):
+            jobs.append(
+                {
+                    "method": label,
+                    "flops": 0.5,
+                    "seed": seed,
+                    "arch": str(path),
+                    "out": str(args.out / f"finetune-{label}" / f"seed{seed}"),
+                    "distill": False,
+                    "data": settings.data.spec,
+                    "split": settings.data.split,
+                    "split_seed": settings.data.seed,
+                    "selection": bench_quality.selection_arguments(settings),
+                    "model": settings.model.name,
+                    "weights": settings.model.weights,
+                    "epochs": args.epochs,
+                    "train_images": args.train_images,
+                    "lr": 0.02,  # bench_quality's recipe (its defaults)
+                    "threads": 1 if args.workers > 1 else 2,
+                    "eval_images": 0,
+                    "recal_images": 2560,
+                }
+            )
+    results = bench_quality.run_finetunes(jobs, args.workers)
+    lines = [
+        f"Budget of the latency searches: latency = {target:.3f} (the mean measured latency ratio of "
+        f"bench_quality's acp architectures at 50% MACs, {args.runtime} batch {args.batch}); "
+        f"{args.iterations} iterations x 12 particles, re-ranked, seeds 0..{args.seeds - 1}; finetune "
+        f"{args.epochs} epoch(s) on {args.train_images} images, finetune seed i for search seed i.",
+        "",
+        "| searched under | measured latency / base | MACs / base | params / base | selection top-1 "
+        "| val top-1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    count = args.seeds
+    for index, label in enumerate(("50% MACs", f"latency = {target:.3f}")):
+        part = slice(index * count, (index + 1) * count)
+        archs = [Architecture.load(job["arch"]) for job in jobs[part]]
+        chosen = results[part]
+        lines.append(
+            f"| {label} | {_spread(ratios[part], 3)} | {_spread([a.macs_ratio for a in archs], 3)} | "
+            f"{_spread([a.params_ratio for a in archs], 3)} | "
+            f"{_spread([100 * r['selection_accuracy'] for r in chosen], 2)}% | "
+            f"{_spread([100 * r['finetuned_accuracy'] for r in chosen], 2)}% |"
+        )
+    return lines
+
+
+def _spread(values, digits: int) -> str:
+    values = [float(v) for v in values]
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.models, args.candidates, args.rounds = "resnet8_cifar", 3, 2
+        args.budgets = "0.7,0.5"
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    if args.part in ("constraint", "both"):
+        rows = []
+        for name in args.models.split(","):
+            path = (
+                args.out
+                / f"constraint-{name}-{args.runtime}-b{args.batch}{'-quick' if args.quick else ''}.json"
+            )
+            if path.is_file():
+                found = json.loads(path.read_text())
+            else:
+                found = constraint_rows(name, args)
+                path.write_text(json.dumps(found))
+            rows += found
+        lines += [
+            "### Do latency-budgeted candidates run as fast as asked?",
+            "",
+            *constraint_lines(rows, args),
+            "",
+        ]
+    if args.part in ("accuracy", "both") and not args.quick:
+        lines += ["### Accuracy at equal measured latency (ResNet-20, CIFAR-10)", "", *accuracy_part(args)]
+    for line in lines:
+        print(line)
+    if not args.no_write and not args.quick:
+        command = "python benchmarks/bench_latency_search.py " + " ".join(argv or sys.argv[1:])
+        update_section(SECTION, [*provenance_lines(command.strip()), "", *lines])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
