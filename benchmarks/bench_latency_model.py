@@ -6,8 +6,9 @@ and batch size (1, 64):
 
 1. the latency table is built with acp's defaults (``acp.latency.load_or_build``, [latency] defaults,
    1 thread), timed (build seconds) into its own cache directory under ``--out``;
-2. ``--candidates`` random width vectors (keep ratios uniform in each group's allowed range, seed
-   ``--seed``, disjoint from the table's own calibration models, which use seed 0) are materialized and
+2. ``--candidates`` random width vectors of every size (``acp.latency.table.spread_widths``: the full
+   widths scaled by evenly spaced factors in (0, 1] with a per-group jitter, seed ``--seed``; the table's
+   own calibration models use seed 0) are materialized and
    measured whole, with the base model, in ``--rounds`` interleaved rounds
    (``acp.latency.runtimes.time_rounds``, threads pinned); the measured figure is the minimum over rounds;
 3. reported: median and max absolute relative error of the prediction, Spearman between predicted and
@@ -77,9 +78,10 @@ def build_problem(name: str, round_to: int, quick: bool):
 
 
 def candidates(space, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    low, high = space.min_widths(), space.full_widths()
-    return np.array([space.snap(rng.uniform(low, high)) for _ in range(count)], dtype=np.int64)
+    """Widths of every size (acp.latency.table.spread_widths with another seed than the table's own)."""
+    from acp.latency.table import spread_widths
+
+    return spread_widths(space, count, seed)
 
 
 def run_row(name: str, runtime: str, batch: int, args) -> dict:

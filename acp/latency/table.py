@@ -11,7 +11,8 @@ Building (:func:`build_latency_model`):
    minimum over rounds (timing noise only ever adds time);
 3. each table is made monotone (a running maximum along both axes: a wider layer is never predicted
    faster), so the predictor is a monotone cost and the budget repair's bisection is exact;
-4. a few whole models (the base, and seeded random widths) are measured the same way and a non-negative
+4. a few whole models (the base, and seeded widths of every size: :func:`spread_widths`) are measured the
+   same way and a non-negative
    least-squares fit maps the table sum and the element-wise work (BatchNorm, activations, pools: what the
    tables do not time) to their measured latency:
    ``ms = a * sum(table lookups) + b * elements + c`` with ``a, b, c >= 0`` (``c``: fixed layers and the
@@ -269,10 +270,20 @@ def plan_build(space, *, grid_points: int, calibration_models: int, seed: int) -
         # depthwise: output width == input width, one axis
         out_levels = (1,) if geometry[0] == DEPTHWISE else axis_levels(out_low, out_high, grid_points, step)
         levels.append((in_levels, out_levels))
-    rng = np.random.default_rng(seed)
-    random_rows = [space.snap(rng.uniform(low, high)) for _ in range(max(calibration_models - 1, 0))]
-    calibration = np.array([high, *random_rows], dtype=np.int64).reshape(-1, len(space.groups))
+    calibration = np.vstack([high[None, :], spread_widths(space, calibration_models - 1, seed)])
     return BuildPlan(tuple(geometries), tuple(levels), tuple(layer_tables), calibration)
+
+
+def spread_widths(space, count: int, seed: int) -> np.ndarray:
+    """``count`` seeded width vectors spanning every model size: candidate k scales the full widths by
+    ``s_k`` (evenly spaced over (0, 1], in a seeded order) times a per-group jitter in [0.6, 1.4], clipped
+    to the allowed range. Uniform per-group widths would all have about half the base latency."""
+    low, high = space.min_widths(), space.full_widths()
+    rng = np.random.default_rng(seed)
+    scales = rng.permutation((np.arange(count) + 0.5) / max(count, 1))
+    jitter = rng.uniform(0.6, 1.4, size=(count, len(high)))
+    rows = np.clip(scales[:, None] * jitter * high[None, :], low, high)
+    return space.snap(rows).reshape(count, len(high)) if count else np.zeros((0, len(high)), dtype=np.int64)
 
 
 def standalone_layer(
