@@ -11,12 +11,21 @@ model and returns only names, integers and numpy arrays:
 - for every tensor that the op counter looks at, its width as a linear function of the group widths
   (:class:`ChannelExpr`), derived from how many indices each group removes at each graph node;
 - one record per forward call of every module that ``count_ops_and_params`` counts.
+
+Operations whose channel indices Torch-Pruning cannot follow (a channel shuffle, or an index mapping that
+raises) are made opaque (see :class:`_Graph`): the groups through them are kept at full width. Any other
+failure of Torch-Pruning or of this reading is a UserError naming the model, the layer or operation and the
+original error.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
+import logging
+import re
+import traceback
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,11 +34,16 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import Node
+from torch_pruning.dependency import index_mapping as tp_index_mapping
+from torch_pruning.dependency import shape_infer as tp_shape_infer
 from torch_pruning.pruner import function as tp_function
 from torch_pruning.utils import op_counter
 
 from acp.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # How a group touches a layer: which tensors along which dims, which attributes shrink.
 CONV_OUT, CONV_IN, DEPTHWISE = "conv_out", "conv_in", "depthwise"
@@ -68,6 +82,7 @@ class RawGroup:
     members: tuple[Member, ...]
     blocked_by: str | None  # an ignored layer whose outputs this group would change, else None
     unsupported: str | None  # why acp cannot prune this group (a layer type it cannot slice), else None
+    passes_through: str | None = None  # an operation whose channels Torch-Pruning cannot follow (logged)
 
 
 @dataclass(frozen=True)
@@ -156,22 +171,244 @@ class _Recorder:
             handle.remove()
 
 
-def trace(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, tp.DependencyGraph, list]:
-    """A private copy of ``model`` with its dependency graph and the recorded counted calls."""
+# --- building the graph: the operations Torch-Pruning cannot follow ---------------------------------
+
+# Torch-Pruning's per-node index mappings: what its update_index_mapping runs for each node type.
+_INDEX_MAPPINGS = {
+    tp_ops.OPTYPE.CONCAT: "update_concat_index_mapping",
+    tp_ops.OPTYPE.SPLIT: "update_split_index_mapping",
+    tp_ops.OPTYPE.RESHAPE: "update_reshape_index_mapping",
+    tp_ops.OPTYPE.UNBIND: "update_unbind_index_mapping",
+    tp_ops.OPTYPE.EXPAND: "update_expand_index_mapping",
+    tp_ops.OPTYPE.SLICE: "update_slice_index_mapping",
+}
+
+
+class _Graph(tp.DependencyGraph):
+    """Torch-Pruning's graph, corrected where it misreads this torch version, and aware of the operations
+    it cannot follow channels through.
+
+    ``opaque`` maps such a node to a description of its operation: a channel shuffle (a view that splits
+    the channels into groups, a transpose of the two group dims, a view back; Torch-Pruning takes the
+    transpose for an element-wise op), or any node whose index mapping raises. Opaque nodes are made
+    index-preserving for Torch-Pruning, and every channel group that reaches one is kept at full width,
+    so the index plan through them is never used.
+
+    ``torch.chunk``/``split`` sizes: Torch-Pruning looks for ``_saved_self_sizes``, which torch 2 renamed
+    ``_saved_self_sym_sizes``, and then falls back to guessing the sizes from the graph (wrongly, for
+    ShuffleNet's ``chunk``); they are read from the saved attributes instead.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.opaque: dict[Node, str] = {}
+        self.shuffles: list[str] = []  # where each channel shuffle is, for the log
+        self.unfollowed: list[str] = []  # the other opaque operations and their errors, for the log
+
+    def build_dependency(self, *args, **kwargs):
+        super().build_dependency(*args, **kwargs)
+        self._read_split_sizes()  # Torch-Pruning guessed them again after _build_dependency
+        return self
+
+    def _build_dependency(self, module2node):
+        # The last step before Torch-Pruning computes the index mappings (and it recomputes them for every
+        # group), so opaque nodes are taken out of that computation here.
+        super()._build_dependency(module2node)
+        tp_shape_infer.init_shape_information(self)
+        self._read_split_sizes()
+        names = self._module2name
+        for node in list(module2node.values()):
+            chain = None if node in self.opaque else _channel_shuffle(node)
+            if chain:
+                where = _nearest_layers(node, names)
+                what = "the channel shuffle" + (f" after {', '.join(where)}" if where else "")
+                self.shuffles.append(what)
+                for member in chain:
+                    self._make_opaque(member, f"{what} (acp keeps shuffled channels at full width)")
+        for node in list(module2node.values()):
+            update = _INDEX_MAPPINGS.get(node.type)
+            if update is None or node in self.opaque:
+                continue
+            try:
+                getattr(tp_index_mapping, update)(self, node)
+            except Exception as error:
+                what = (
+                    f"{describe_node(node, names)}, which Torch-Pruning cannot follow ({_error_text(error)})"
+                )
+                self.unfollowed.append(what)
+                self._make_opaque(node, what)
+
+    def _make_opaque(self, node: Node, reason: str) -> None:
+        self.opaque[node] = reason
+        if node.type in _INDEX_MAPPINGS:
+            node.type = tp_ops.OPTYPE.ELEMENTWISE  # Torch-Pruning maps no indices through element-wise ops
+        edges = [*node.dependencies]
+        edges += [
+            dep for other in (*node.inputs, *node.outputs) for dep in other.dependencies if dep.target is node
+        ]
+        for dep in edges:  # a mapping that failed half-way may have written some of them
+            dep.index_mapping = [None, None]
+
+    def _read_split_sizes(self) -> None:
+        for node in self.module2node.values():
+            grad_fn, sizes = node.grad_fn, _saved_sizes(node.grad_fn)
+            dim = getattr(grad_fn, "_saved_dim", None)
+            if node.type != tp_ops.OPTYPE.SPLIT or sizes is None or dim is None or int(dim) % len(sizes) != 1:
+                continue
+            pieces = getattr(grad_fn, "_saved_split_sizes", None)
+            if pieces is None and getattr(grad_fn, "_saved_split_size", None):
+                size = int(grad_fn._saved_split_size)
+                count = -(-sizes[1] // size)
+                pieces = [size] * (count - 1) + [sizes[1] - size * (count - 1)]
+            if pieces is None or len(pieces) != len(node.outputs):
+                continue  # a piece nobody reads: Torch-Pruning's outputs no longer line up with the pieces
+            node.module.split_sizes = [int(piece) for piece in pieces]
+            node.module.offsets = [0, *np.cumsum(node.module.split_sizes).tolist()]
+
+
+def _saved_sizes(grad_fn) -> tuple[int, ...] | None:
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None) or getattr(grad_fn, "_saved_self_sizes", None)
+    return tuple(int(size) for size in sizes) if sizes else None
+
+
+def _swaps_dims_1_and_2(grad_fn, rank: int) -> bool:
+    name = grad_fn.name() if grad_fn is not None else ""
+    if name.startswith("TransposeBackward"):
+        dims = {int(grad_fn._saved_dim0) % rank, int(grad_fn._saved_dim1) % rank}
+        return dims == {1, 2}
+    if name.startswith("PermuteBackward"):
+        dims = tuple(int(dim) % rank for dim in grad_fn._saved_dims)
+        return dims == (0, 2, 1, *range(3, rank))
+    return False
+
+
+def _channel_shuffle(node: Node) -> list[Node] | None:
+    """The nodes view -> transpose/permute -> (contiguous) -> view/flatten of a channel shuffle starting
+    at ``node``, else None. Recognised by the saved input shapes: (N, C, ...) before, then
+    (N, C/g, g, ...) after the two group dims were swapped."""
+    before = _saved_sizes(node.grad_fn)
+    if node.type != tp_ops.OPTYPE.RESHAPE or before is None or len(before) < 3 or len(node.outputs) != 1:
+        return None
+    swap = node.outputs[0]
+    if not _swaps_dims_1_and_2(swap.grad_fn, len(before) + 1) or len(swap.outputs) != 1:
+        return None
+    chain, following = [node, swap], swap.outputs[0]
+    while following.grad_fn is not None and following.grad_fn.name().startswith("CloneBackward"):
+        if len(following.outputs) != 1:
+            return None
+        chain.append(following)
+        following = following.outputs[0]
+    after = _saved_sizes(following.grad_fn)
+    if following.type != tp_ops.OPTYPE.RESHAPE or after is None or len(after) != len(before) + 1:
+        return None
+    channels, spatial = before[1], before[2:]
+    if after[0] != before[0] or after[1] * after[2] != channels or after[3:] != spatial or after[2] == 1:
+        return None
+    return [*chain, following]
+
+
+def describe_node(node: Node, module_names: dict) -> str:
+    """A layer's name, or the operation and the layers right before it (for messages)."""
+    module = node.module
+    name = module_names.get(module) if isinstance(module, nn.Module) else None
+    if name:
+        return f"{name} ({type(module).__name__})"
+    if node.grad_fn is not None:
+        operation = re.sub(r"Backward\d*$", "", node.grad_fn.name()).lower()
+    else:
+        operation = type(module).__name__
+    where = _nearest_layers(node, module_names)
+    return f"the {operation} op" + (f" after {', '.join(where)}" if where else "")
+
+
+def _nearest_layers(node: Node, module_names: dict, limit: int = 200) -> list[str]:
+    """The named layers closest upstream of ``node`` (all of those at the smallest distance)."""
+    frontier, seen = list(node.inputs), {id(node)}
+    while frontier and len(seen) < limit:
+        found = sorted(
+            {
+                module_names[n.module]
+                for n in frontier
+                if isinstance(n.module, nn.Module) and n.module in module_names
+            }
+        )
+        if found:
+            return found
+        seen.update(id(n) for n in frontier)
+        frontier = [i for n in frontier for i in n.inputs if id(i) not in seen]
+    return []
+
+
+def _failing_node(error: BaseException) -> Node | None:
+    """The graph node Torch-Pruning was working on when ``error`` was raised (innermost first)."""
+    frames = list(traceback.walk_tb(error.__traceback__))
+    for frame, _ in reversed(frames):
+        if "torch_pruning" not in frame.f_code.co_filename:
+            continue
+        for value in frame.f_locals.values():
+            if isinstance(value, Node):
+                return value
+    return None
+
+
+def _error_text(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def trace(
+    model: nn.Module, example_input: torch.Tensor, model_name: str | None = None
+) -> tuple[nn.Module, _Graph, list]:
+    """A private copy of ``model`` with its dependency graph and the recorded counted calls.
+
+    A failure inside Torch-Pruning (or of the model's own forward pass) is a UserError naming the model,
+    the operation and the original error.
+    """
     work = copy.deepcopy(model)
     for parameter in work.parameters():
         parameter.requires_grad_(True)  # tracing follows grad_fn; frozen weights would hide layers
     recorder = _Recorder(counted_modules(work))
+    graph = _Graph()
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(work, (example_input,), verbose=False)
+            graph.build_dependency(work, (example_input,), verbose=False)
+    except UserError:
+        raise
+    except Exception as error:
+        names = {module: name for name, module in work.named_modules()}
+        node = _failing_node(error)
+        where = f" at {describe_node(node, names)}" if node is not None else ""
+        raise UserError(
+            f"cannot analyse the channels of {model_name or type(model).__name__}: tracing it on an input "
+            f"of shape {list(example_input.shape)} failed{where}: {_error_text(error)}"
+        ) from error
     finally:
         recorder.remove()
+    if graph.shuffles:
+        log.warning(
+            "%d channel shuffle(s) (e.g. %s): the channel groups through them are kept at full width",
+            len(graph.shuffles),
+            graph.shuffles[-1],  # Torch-Pruning lists nodes from the output backwards
+        )
+    for what in graph.unfollowed:
+        log.warning("channel groups through %s are kept at full width", what)
     return work, graph, recorder.records
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor, ignored_patterns: Sequence[str] = ()) -> Analysis:
-    work, graph, records = trace(model, example_input)
+def analyze(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ignored_patterns: Sequence[str] = (),
+    model_name: str | None = None,
+) -> Analysis:
+    """Read the channel groups, tensor widths and counted calls of ``model`` (see the module docstring).
+
+    Anything Torch-Pruning (or acp's reading of its graph) cannot follow is a UserError naming the model
+    (``model_name``, else its class), the layer or operation, and the original error; a group whose
+    reading fails is kept at full width instead when its root layer is in ``ignored_patterns``.
+    """
+    model_name = model_name or type(model).__name__
+    work, graph, records = trace(model, example_input, model_name)
     module_names = {module: name for name, module in work.named_modules()}
     order = {name: position for position, name in enumerate(module_names.values())}
     ignored = resolve_ignored(work, ignored_patterns)
@@ -190,33 +427,27 @@ def analyze(model: nn.Module, example_input: torch.Tensor, ignored_patterns: Seq
         if pruner is None or pruner.get_out_channels(module) is None:
             continue
         full_width = int(pruner.get_out_channels(module))
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(full_width)))
+        try:
+            raw, side_counts, outputs = _read_group(graph, module, name, full_width, module_names, blocked)
+        except UserError:
+            raise
+        except Exception as error:
+            node = _failing_node(error)
+            where = f" at {describe_node(node, module_names)}" if node is not None else ""
+            failure = f"Torch-Pruning's group of {name} could not be read{where}: {_error_text(error)}"
+            if name not in ignored:
+                raise UserError(
+                    f"cannot analyse the channels of {model_name}: {failure}; workaround: "
+                    f'[space] ignored_layers = ["{name}"] in the search space keeps that group at full width'
+                ) from error
+            groups.append(RawGroup(name, full_width, (), None, failure))
+            continue
         group_index = len(groups)
-        members, blocked_by, unsupported = [], None, None
-        for item in group:
-            node, handler = item.dep.target, item.dep.handler
-            sides = _sides(graph, node, handler)
-            target = node.module
-            target_name = module_names.get(target) if isinstance(target, nn.Module) else None
-            if "out" in sides and isinstance(target, nn.Module):
-                visited.add(target)
-                if target_name in blocked and blocked_by is None:
-                    blocked_by = target_name
-            indices = np.asarray(item.idxs, dtype=np.int64)
-            roots = np.asarray(item.root_idxs, dtype=np.int64)
-            per_channel = _uniform_count(roots, full_width)
-            label = target_name or type(target).__name__
-            if per_channel is None and unsupported is None:
-                unsupported = f"its channels reach {label} unevenly"
-            for side in sides:
-                side_per_group.setdefault((id(node), side), {})[group_index] = per_channel or 0
-            kind, problem = _member_kind(node.module, label, sides)
-            if problem and unsupported is None:
-                unsupported = problem
-            if kind is not None:
-                members.append(Member(target_name, kind, indices, roots))
-        members.sort(key=lambda member: order[member.module])
-        groups.append(RawGroup(name, full_width, tuple(members), blocked_by, unsupported))
+        visited.update(outputs)
+        for key, per_channel in side_counts.items():
+            side_per_group.setdefault(key, {})[group_index] = per_channel
+        members = sorted(raw.members, key=lambda member: order[member.module])
+        groups.append(dataclasses.replace(raw, members=tuple(members)))
 
     def expr(node: Node | None, side: str, base: int) -> ChannelExpr:
         mults = side_per_group.get((id(node), side), {}) if node is not None else {}
@@ -245,7 +476,60 @@ def analyze(model: nn.Module, example_input: torch.Tensor, ignored_patterns: Seq
     return Analysis(work, groups, calls, module_sides, classifiers, ignored)
 
 
-def _sides(graph: tp.DependencyGraph, node: Node, handler) -> tuple[str, ...]:
+def _read_group(
+    graph: _Graph, root: nn.Module, root_name: str, full_width: int, module_names: dict, blocked: dict
+) -> tuple[RawGroup, dict[tuple[int, str], int], list[nn.Module]]:
+    """One group as plain data: (the group, channels per group channel at each (node, side), the modules
+    whose outputs it holds)."""
+    pruner = graph.get_pruner_of_module(root)
+    group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(full_width)))
+    members, outputs, side_counts = [], [], {}
+    blocked_by = unsupported = None
+    passes_through = None  # an operation whose channel indices Torch-Pruning cannot follow
+    split = None  # a torch.split/chunk of the group's channels
+    for item in group:
+        node, handler = item.dep.target, item.dep.handler
+        sides = _sides(graph, node, handler, module_names)
+        target = node.module
+        target_name = module_names.get(target) if isinstance(target, nn.Module) else None
+        if node in graph.opaque and passes_through is None:
+            passes_through = graph.opaque[node]
+        if _splits_channels(node) and len(item.idxs) and split is None:
+            split = describe_node(node, module_names)
+        if "out" in sides and isinstance(target, nn.Module):
+            outputs.append(target)
+            if target_name in blocked and blocked_by is None:
+                blocked_by = target_name
+        indices = np.asarray(item.idxs, dtype=np.int64)
+        roots = np.asarray(item.root_idxs, dtype=np.int64)
+        per_channel = _uniform_count(roots, full_width)
+        label = target_name or type(target).__name__
+        if per_channel is None and unsupported is None:
+            unsupported = f"its channels reach {label} unevenly"
+        for side in sides:
+            side_counts[(id(node), side)] = per_channel or 0
+        kind, problem = _member_kind(node.module, label, sides)
+        if problem and unsupported is None:
+            unsupported = problem
+        if kind is not None:
+            members.append(Member(target_name, kind, indices, roots))
+    if passes_through is not None:
+        unsupported = f"its channels pass through {passes_through}"
+    elif split is not None:
+        unsupported = f"its channels are split by {split} (torch.split/chunk), whose pieces acp cannot resize"
+    raw = RawGroup(root_name, full_width, tuple(members), blocked_by, unsupported, passes_through)
+    return raw, side_counts, outputs
+
+
+def _splits_channels(node: Node) -> bool:
+    """Whether ``node`` is a torch.split/chunk along the channel dim (or a dim it cannot tell)."""
+    if node.type != tp_ops.OPTYPE.SPLIT:
+        return False
+    dim, sizes = getattr(node.grad_fn, "_saved_dim", None), _saved_sizes(node.grad_fn)
+    return dim is None or sizes is None or int(dim) % len(sizes) == 1
+
+
+def _sides(graph: tp.DependencyGraph, node: Node, handler, module_names: dict) -> tuple[str, ...]:
     """Which side of ``node`` a pruning function acts on; layers like BN have one function for both."""
     pruner = graph.get_pruner_of_module(node.module)
     sides = tuple(
@@ -256,7 +540,7 @@ def _sides(graph: tp.DependencyGraph, node: Node, handler) -> tuple[str, ...]:
     if not sides:  # Torch-Pruning swaps in its module-level depthwise function for depthwise roots
         sides = ("in", "out") if handler == tp_function.prune_depthwise_conv_out_channels else ()
     if not sides:
-        raise RuntimeError(f"cannot tell which side of {node.name} {handler} prunes")
+        raise RuntimeError(f"cannot tell which side of {describe_node(node, module_names)} {handler} prunes")
     return sides
 
 

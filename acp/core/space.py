@@ -118,12 +118,14 @@ class ChannelSpace:
         ignored_layers: Sequence[str] = (),
         round_to: int = DEFAULT_SPACE.round_to,
         min_keep: float = DEFAULT_SPACE.min_keep,
+        model_name: str | None = None,
     ) -> ChannelSpace:
         """Analyse ``model`` (left untouched: the work happens on a copy) with one traced forward pass.
 
         ``ignored_layers``: module names or fnmatch globs whose output channels must not change (the
         layers producing the model output are always added). A group is searchable when none of its
         layers is ignored, acp can slice all of them, and its allowed widths are more than one.
+        ``model_name`` names the model in errors (default: its class name).
         """
         checked = SpaceSettings(round_to=round_to, min_keep=min_keep)  # the one place ranges are checked
         round_to, min_keep = checked.round_to, checked.min_keep
@@ -133,7 +135,7 @@ class ChannelSpace:
             raise UserError("example_input: expected a tensor of shape (batch, channels, ...)")
         device = next(model.parameters(), example_input).device
         example = torch.zeros((1, *example_input.shape[1:]), dtype=example_input.dtype, device=device)
-        analysis = _graph.analyze(model, example, list(ignored_layers))
+        analysis = _graph.analyze(model, example, list(ignored_layers), model_name)
 
         searchable: list[int] = []
         fixed: list[FixedGroup] = []
@@ -150,7 +152,7 @@ class ChannelSpace:
                 searchable.append(index)
             else:
                 fixed.append(FixedGroup(raw.id, raw.full_width, reason))
-                if raw.unsupported is not None and raw.blocked_by is None:
+                if raw.unsupported is not None and raw.blocked_by is None and raw.passes_through is None:
                     log.warning("channel group %s is kept at full width: %s", raw.id, reason)
 
         # A searchable group may still change a layer acp cannot count; then it stays fixed, with a warning.
