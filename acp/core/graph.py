@@ -233,7 +233,7 @@ class _Graph(tp.DependencyGraph):
                 getattr(tp_index_mapping, update)(self, node)
             except Exception as error:
                 what = (
-                    f"{describe_node(node, names)}, which Torch-Pruning cannot follow ({_error_text(error)})"
+                    f"{_describe_node(node, names)}, which Torch-Pruning cannot follow ({_error_text(error)})"
                 )
                 self.unfollowed.append(what)
                 self._make_opaque(node, what)
@@ -307,7 +307,7 @@ def _channel_shuffle(node: Node) -> list[Node] | None:
     return [*chain, following]
 
 
-def describe_node(node: Node, module_names: dict) -> str:
+def _describe_node(node: Node, module_names: dict) -> str:
     """A layer's name, or the operation and the layers right before it (for messages)."""
     module = node.module
     name = module_names.get(module) if isinstance(module, nn.Module) else None
@@ -361,12 +361,23 @@ def trace(
 ) -> tuple[nn.Module, _Graph, list]:
     """A private copy of ``model`` with its dependency graph and the recorded counted calls.
 
-    A failure inside Torch-Pruning (or of the model's own forward pass) is a UserError naming the model,
-    the operation and the original error.
+    A failure of the model's forward pass or inside Torch-Pruning is a UserError naming the model (its
+    class unless ``model_name`` is given), the operation and the original error.
     """
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model).eval()  # as Torch-Pruning's tracing leaves it
     for parameter in work.parameters():
         parameter.requires_grad_(True)  # tracing follows grad_fn; frozen weights would hide layers
+    model_name = model_name or type(model).__name__
+    try:  # Torch-Pruning retries a failed forward pass with other arguments, hiding the first error
+        with torch.no_grad():
+            work(example_input)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(
+            f"cannot analyse the channels of {model_name}: its forward pass on an input of shape "
+            f"{list(example_input.shape)} fails: {_error_text(error)}"
+        ) from error
     recorder = _Recorder(counted_modules(work))
     graph = _Graph()
     try:
@@ -377,10 +388,10 @@ def trace(
     except Exception as error:
         names = {module: name for name, module in work.named_modules()}
         node = _failing_node(error)
-        where = f" at {describe_node(node, names)}" if node is not None else ""
+        where = f" at {_describe_node(node, names)}" if node is not None else ""
         raise UserError(
-            f"cannot analyse the channels of {model_name or type(model).__name__}: tracing it on an input "
-            f"of shape {list(example_input.shape)} failed{where}: {_error_text(error)}"
+            f"cannot analyse the channels of {model_name}: Torch-Pruning's tracing on an input of shape "
+            f"{list(example_input.shape)} failed{where}: {_error_text(error)}"
         ) from error
     finally:
         recorder.remove()
@@ -433,7 +444,7 @@ def analyze(
             raise
         except Exception as error:
             node = _failing_node(error)
-            where = f" at {describe_node(node, module_names)}" if node is not None else ""
+            where = f" at {_describe_node(node, module_names)}" if node is not None else ""
             failure = f"Torch-Pruning's group of {name} could not be read{where}: {_error_text(error)}"
             if name not in ignored:
                 raise UserError(
@@ -495,7 +506,7 @@ def _read_group(
         if node in graph.opaque and passes_through is None:
             passes_through = graph.opaque[node]
         if _splits_channels(node) and len(item.idxs) and split is None:
-            split = describe_node(node, module_names)
+            split = _describe_node(node, module_names)
         if "out" in sides and isinstance(target, nn.Module):
             outputs.append(target)
             if target_name in blocked and blocked_by is None:
@@ -540,7 +551,7 @@ def _sides(graph: tp.DependencyGraph, node: Node, handler, module_names: dict) -
     if not sides:  # Torch-Pruning swaps in its module-level depthwise function for depthwise roots
         sides = ("in", "out") if handler == tp_function.prune_depthwise_conv_out_channels else ()
     if not sides:
-        raise RuntimeError(f"cannot tell which side of {describe_node(node, module_names)} {handler} prunes")
+        raise RuntimeError(f"cannot tell which side of {_describe_node(node, module_names)} {handler} prunes")
     return sides
 
 
