@@ -93,6 +93,7 @@ def space_for(model: nn.Module, identity: ModelIdentity, space_settings: Mapping
         ignored_layers=settings["ignored_layers"],
         round_to=settings["round_to"],
         min_keep=settings["min_keep"],
+        model_name=identity.name,
     )
 
 

@@ -180,7 +180,7 @@ def test_a_failing_group_is_exit_2_with_one_line_naming_model_layer_and_workarou
     err = capsys.readouterr().err
     message = next(line for line in err.splitlines() if line.startswith("acp: error:"))
     assert message == (
-        "acp: error: cannot analyse the channels of CifarResNet: Torch-Pruning's group of layer1.0.conv1 "
+        "acp: error: cannot analyse the channels of resnet20_cifar: Torch-Pruning's group of layer1.0.conv1 "
         "could not be read at layer1.0.conv1 (Conv2d): ZeroDivisionError: integer division or modulo by "
         'zero; workaround: [space] ignored_layers = ["layer1.0.conv1"] in the search space keeps that '
         "group at full width"
