@@ -124,7 +124,8 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 @pytest.mark.parametrize("path", SEARCH_SPACES, ids=[p.name for p in SEARCH_SPACES])
 def test_every_search_space_file_loads_and_builds_its_space(path):
     settings = load_settings(path)
-    problem = load_problem(settings)  # weights may be absent: random init with a warning
+    absent = settings.model.weights is None or not Path(settings.model.weights).is_file()
+    problem = load_problem(settings, random_weights=absent)  # weights may be absent: random init, asked for
     assert problem.settings is settings
     assert len(problem.space.groups) > 0
     assert problem.space.base_macs > 0

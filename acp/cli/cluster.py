@@ -26,6 +26,13 @@ def register(commands) -> None:
     )
     cluster.add_argument("--criterion", choices=CRITERIA, help="which channels survive (default l2)")
     cluster.add_argument("--out", help="architecture JSON to write (default: proposal_arch.json)")
+    cluster.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="cluster a randomly initialized network instead of [model].weights (a smoke test of the "
+        "config; the proposal says nothing about the trained model). Without it missing weights are an "
+        "error",
+    )
     cluster.set_defaults(handler=run)
 
 
@@ -55,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
         from acp.settings import BudgetSettings
 
         settings = settings.replace(budget=BudgetSettings())
-    result = propose(settings, options, flops=args.flops, params=args.params)
+    result = propose(
+        settings, options, flops=args.flops, params=args.params, random_weights=args.random_weights
+    )
     for line in result.proposal.summary_lines():
         print(line)
     out = Path(args.out) if args.out else Path("proposal_arch.json")
     result.architecture.save(out)
-    print(f"wrote {out} (channels chosen by the '{options.criterion}' criterion)")
+    note = "; a randomly initialized network (--random-weights)" if args.random_weights else ""
+    print(f"wrote {out} (channels chosen by the '{options.criterion}' criterion{note})")
     return 0

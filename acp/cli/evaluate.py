@@ -11,7 +11,15 @@ def register(commands) -> None:
     evaluate = commands.add_parser("eval", help="accuracy, loss, MACs and params of a model")
     evaluate.add_argument("arch", nargs="?", help="architecture JSON of a pruned model (optional)")
     evaluate.add_argument("--model", help="model name (when no architecture is given)")
-    evaluate.add_argument("--weights", help="state_dict file")
+    evaluate.add_argument(
+        "--weights",
+        help="state_dict file (required with --model; an architecture defaults to weights.pt beside it)",
+    )
+    evaluate.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --model: evaluate a randomly initialized network (a chance-level baseline)",
+    )
     evaluate.add_argument("--data", required=True, help="data SPEC")
     evaluate.add_argument("--split", choices=["train", "val", "all"], default="val")
     evaluate.add_argument(
@@ -41,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         split_method=args.split_method,
         split_seed=args.seed,
         threads=args.threads,
+        random_weights=args.random_weights,
     )
     print_evaluation(args.arch or args.model, args.data, args.split, evaluation)
     return 0

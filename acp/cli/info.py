@@ -14,6 +14,13 @@ def register(commands) -> None:
         help="also show each group's share of the base latency (measures the [latency] table if it is not "
         "cached yet; without this flag a cached table is shown when there is one)",
     )
+    info.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="do not read [model].weights (e.g. before they exist): the groups and costs do not depend on "
+        "them. Without it a configured weights file that does not exist is an error; a bare model name "
+        "needs no weights",
+    )
     info.set_defaults(handler=run)
 
 
@@ -22,7 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from acp.workflows.latency import cached_latency_model, group_shares, latency_model_for
     from acp.workflows.problem import load_problem, resolve_settings
 
-    problem = load_problem(resolve_settings(args.config_or_model))
+    problem = load_problem(
+        resolve_settings(args.config_or_model),
+        random_weights=args.random_weights,
+        random_weights_option="--random-weights",
+    )
     space = problem.space
     latency = latency_model_for(problem, progress=True)[0] if args.latency else cached_latency_model(problem)
     latency_share = None if latency is None else {g: share for g, share, _ in group_shares(latency, space)}

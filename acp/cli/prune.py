@@ -12,7 +12,17 @@ log = logging.getLogger("acp")
 def register(commands) -> None:
     prune = commands.add_parser("prune", help="materialize an architecture from base weights and save it")
     prune.add_argument("arch", help="architecture JSON (e.g. best_arch.json)")
-    prune.add_argument("--weights", help="weights of the unpruned base model (state_dict)")
+    prune.add_argument(
+        "--weights",
+        help="weights of the unpruned base model (state_dict; default: [model].weights of the run's "
+        "config.toml beside the architecture)",
+    )
+    prune.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="prune a randomly initialized base model (the structure alone, e.g. to time it); without it "
+        "missing weights are an error",
+    )
     prune.add_argument("--out", required=True, help="new directory for arch.json + weights.pt")
     prune.set_defaults(handler=run_prune)
 
@@ -27,14 +37,16 @@ def run_prune(args: argparse.Namespace) -> int:
     from acp.cli.common import check_fresh_out_dir
     from acp.fileio import load_weights_into
     from acp.prune import load_architecture, materialize, save_pruned
+    from acp.workflows.problem import base_weights
 
     out = Path(args.out)
     check_fresh_out_dir(out, False, "")
     arch, base, space = load_architecture(args.arch)
-    if args.weights is None:
-        log.warning("no --weights: the pruned model inherits randomly initialized weights")
+    weights = base_weights(args.arch, args.weights, random_weights=args.random_weights)
+    if weights is None:
+        log.warning("--random-weights: the pruned model inherits randomly initialized weights")
     else:
-        load_weights_into(base, args.weights)
+        load_weights_into(base, weights)
     save_pruned(materialize(base, arch, space), arch, out)
     print(
         f"pruned {arch.model.name}: MACs {arch.base_macs:,} -> {arch.macs:,} ({100 * arch.macs_ratio:.1f}%), "

@@ -35,9 +35,13 @@ def evaluate(
     split_method: str | None = None,
     split_seed: int | None = None,
     threads: int | None = None,
+    random_weights: bool = False,
 ) -> Evaluation:
     """Evaluate a pruned model (``arch``: an architecture JSON or a saved pruned-model directory) or a
-    base model (``model`` + ``weights``) on ``data``'s ``split`` ("train", "val" or "all")."""
+    base model (``model`` + ``weights``) on ``data``'s ``split`` ("train", "val" or "all").
+
+    A base model needs its ``weights``; ``random_weights=True`` evaluates a randomly initialized one
+    instead (a chance-level baseline), only when asked for."""
     import torch
 
     from acp.data import load_data, make_splits
@@ -46,6 +50,18 @@ def evaluate(
 
     if arch is None and model is None:
         raise UserError("acp eval: give an architecture JSON or --model NAME")
+    if random_weights and (arch is not None or weights is not None):
+        raise UserError(
+            "acp eval: --random-weights goes with --model NAME alone (no architecture, no --weights)"
+        )
+    if arch is None and weights is None and not random_weights:
+        from acp.models import check_model_name
+
+        check_model_name(model)  # a mistyped name is the first thing to say
+        raise UserError(
+            f"acp eval --model {model}: --weights W is required (the model's trained state_dict); "
+            "--random-weights evaluates a randomly initialized network instead"
+        )
     run = rundir.run_settings_near(arch) if arch is not None else None
     base_data = run.data if run is not None else DataSettings()
     data_settings = base_data.replace(spec=data, split=split_method, seed=split_seed)

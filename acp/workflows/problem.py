@@ -81,11 +81,21 @@ def model_identity(settings: RunSettings) -> ModelIdentity:
     return ModelIdentity(model.name, model.num_classes, tuple(input_size), dict(model.kwargs))
 
 
-def load_problem(settings: RunSettings, *, require_weights: bool = False) -> Problem:
+def load_problem(
+    settings: RunSettings,
+    *,
+    require_weights: bool = False,
+    random_weights: bool = False,
+    random_weights_option: str | None = None,
+) -> Problem:
     """Build the model, load its weights and analyse its channel space.
 
-    Missing weights are an error when ``require_weights`` (search, finetune); otherwise the model keeps
-    its random initialization and a warning says so (``acp info`` on a config without trained weights).
+    A ``[model].weights`` that names no file is always an error: a mistyped path must not turn into a
+    confident answer about a randomly initialized network. With no weights configured, ``require_weights``
+    (search, cluster) makes it an error too; otherwise the model keeps its random initialization and a
+    warning says so (``acp info resnet20_cifar``: the channel groups do not depend on the weights).
+    ``random_weights`` is the explicit opt-in: the configured weights are not read at all.
+    ``random_weights_option`` names that opt-in (e.g. ``"--random-weights"``) in the error messages.
     """
     from acp.fileio import load_weights_into
     from acp.models import create_model
@@ -94,14 +104,49 @@ def load_problem(settings: RunSettings, *, require_weights: bool = False) -> Pro
     identity = model_identity(settings)
     model = create_model(identity.name, identity.num_classes, **identity.kwargs)
     weights = settings.model.weights
-    if weights is not None and Path(weights).is_file():
-        load_weights_into(model, weights)
-    elif require_weights:
-        where = f" ({weights} not found)" if weights else ""
-        raise UserError(f"{settings.source}: [model].weights: a trained weights file is required{where}")
-    else:
+    hint = (
+        f"; {random_weights_option} uses a randomly initialized network instead"
+        if random_weights_option
+        else ""
+    )
+    if random_weights:
         if weights is not None:
-            log.warning("weights %s not found: using a randomly initialized %s", weights, identity.name)
+            log.warning("random weights asked for: %s is not read", weights)
         weights = None
+    elif weights is not None and Path(weights).is_file():
+        load_weights_into(model, weights)
+    elif weights is not None:
+        reason = (
+            f"a trained weights file is required ({weights} not found)"
+            if require_weights
+            else f"weights file not found: {weights}"
+        )
+        raise UserError(f"{settings.source}: [model].weights: {reason}{hint}")
+    elif require_weights:
+        raise UserError(f"{settings.source}: [model].weights: a trained weights file is required{hint}")
+    else:  # acp info MODEL_NAME: the channel groups do not depend on the weights
+        log.info("no [model].weights: using a randomly initialized %s", identity.name)
     space = space_for(model, identity, settings.space.to_dict())
     return Problem(settings, identity, model, space, weights)
+
+
+def base_weights(arch_path, weights: str | None, *, random_weights: bool = False) -> str | None:
+    """The unpruned weights ``acp prune`` starts from: ``weights``, else ``[model].weights`` of the run
+    ``arch_path`` belongs to (as ``acp finetune`` reads them); None only when ``random_weights``."""
+    from acp.workflows.rundir import run_settings_near
+
+    if random_weights:
+        if weights is not None:
+            raise UserError("acp prune: give --weights or --random-weights, not both")
+        return None
+    if weights is not None:
+        return weights
+    run = run_settings_near(arch_path)
+    if run is None or run.model.weights is None:
+        raise UserError(
+            f"acp prune: --weights BASE.pt is required (no run config.toml beside {arch_path} names the "
+            "unpruned model's weights); --random-weights prunes a randomly initialized model instead"
+        )
+    if not Path(run.model.weights).is_file():
+        raise UserError(f"{run.source}: [model].weights: weights file not found: {run.model.weights}")
+    return run.model.weights

@@ -24,9 +24,14 @@ def propose(
     *,
     flops: float | None = None,
     params: float | None = None,
+    random_weights: bool = False,
 ) -> ProposeResult:
     """Cluster every group's channels on calibration images of the training split; budget mode cuts the
-    dendrograms onto the budget (``flops``/``params`` replace ``[budget]``), dbscan mode uses ``eps``."""
+    dendrograms onto the budget (``flops``/``params`` replace ``[budget]``), dbscan mode uses ``eps``.
+
+    The feature maps are those of ``[model].weights``, which must exist: clusters of a randomly initialized
+    network say nothing about the trained one. ``random_weights=True`` asks for that network explicitly
+    (a smoke test of a config before its weights exist)."""
     from acp.core.budget import Budget
     from acp.data import take_stratified
     from acp.propose.clustering import proposal_to_architecture, propose_widths
@@ -44,7 +49,12 @@ def propose(
         )
     if options.mode == "budget":
         budget.require("acp cluster")
-    problem = load_problem(settings)
+    problem = load_problem(
+        settings,
+        require_weights=not random_weights,
+        random_weights=random_weights,
+        random_weights_option="--random-weights",
+    )
     if options.mode == "budget":
         Budget(problem.space, flops=budget.flops, params=budget.params)  # infeasible: fail before any image
     data, splits = problem.data()

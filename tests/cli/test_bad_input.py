@@ -193,7 +193,7 @@ CASES = [
     ("empty data folder", [*EVAL, "{base.pt}", "--data", "{empty}"], ["data folder", "empty has no class"]),
     (
         "images of the wrong size (--model)",
-        ["eval", "--model", "vgg16_bn_cifar", "--data", "digits:16"],
+        ["eval", "--model", "vgg16_bn_cifar", "--random-weights", "--data", "digits:16"],
         ["images of data digits:16 (3x16x16) do not fit the model"],
     ),
     (

@@ -162,7 +162,15 @@ def test_user_errors_exit_2_with_one_line(tmp_path, trained_run, capsys):
         "does not fit the model",
     )
     assert_user_error(
-        run_acp("eval", "--model", "resnet8_cifar", "--data", str(tmp_path / "missing")),
+        run_acp(
+            "eval",
+            "--model",
+            "resnet8_cifar",
+            "--weights",
+            str(out / "weights.pt"),
+            "--data",
+            str(tmp_path / "missing"),
+        ),
         "data path not found",
     )
     assert_user_error(
@@ -184,7 +192,8 @@ def test_user_errors_exit_2_with_one_line(tmp_path, trained_run, capsys):
         "not empty",
     )
     assert_user_error(
-        run_acp("eval", "--model", "vgg16_bn_cifar", "--data", "digits:16"), "do not fit the model"
+        run_acp("eval", "--model", "vgg16_bn_cifar", "--random-weights", "--data", "digits:16"),
+        "do not fit the model",
     )
 
 
