@@ -365,7 +365,45 @@ def make_splits(data: ImageData, method: str = "auto", *, seed: int = 0) -> Spli
                 is_val[rng.permutation(members)[:count]] = True
     else:
         raise UserError(f"unknown split {method!r}: use 'shared', 'tail:K' or 'random:F'")
-    return Splits(method, seed, np.flatnonzero(~is_val), np.flatnonzero(is_val))
+    splits = Splits(method, seed, np.flatnonzero(~is_val), np.flatnonzero(is_val))
+    check_split_sizes(data, splits)
+    return splits
+
+
+SMALL_VALIDATION = 100  # below this many images one image moves validation accuracy by more than 1%
+
+
+def check_split_sizes(data: ImageData, splits: Splits) -> None:
+    """UserError for a split nothing can be learnt or measured on; a warning for one too small to trust.
+
+    Errors: a class with no training image (so also fewer training images than classes), or an empty
+    validation split. Warning: fewer than ``SMALL_VALIDATION`` validation images.
+    """
+    where = f"split {splits.method!r} of data {data.spec} ({len(data)} images, {data.num_classes} classes)"
+    trained = np.bincount(data.labels[splits.train], minlength=data.num_classes)
+    if not trained.all():
+        label = int(np.flatnonzero(trained == 0)[0])
+        total = int(np.sum(data.labels == label))
+        others = int(np.sum(trained == 0)) - 1
+        reason = "has no images" if total == 0 else f"has no training image (its {total} went to validation)"
+        raise UserError(
+            f"{where}: class {data.classes[label]!r} {reason}"
+            + (f", nor do {others} more classes" if others else "")
+            + "; every class needs training images: hold out less, or add images"
+        )
+    if len(splits.val) == 0:
+        raise UserError(
+            f"{where}: the validation split is empty (too few images per class for this split); "
+            "hold out more, e.g. random:0.2 or tail:1"
+        )
+    if len(splits.val) < SMALL_VALIDATION:
+        log.warning(
+            "%s: only %d validation images (%d training): one image moves validation accuracy by %.1f%%",
+            where,
+            len(splits.val),
+            len(splits.train),
+            100 / len(splits.val),
+        )
 
 
 def take_stratified(indices: np.ndarray, labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:

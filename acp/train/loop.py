@@ -6,6 +6,10 @@ shuffling and augmentation from a ``torch.Generator`` seeded by (seed, epoch), a
 RNG the same way (dropout), so "train 2 epochs" and "train 1, stop, resume 1" give identical weights.
 A checkpoint (model, optimizer, epoch, history) is written atomically after each epoch.
 
+Every epoch sees every training image: the last batch may be smaller than ``batch_size`` (216 images at
+batch 128 are two steps, 128 + 88), except that a last batch of a single image joins the batch before it,
+because BatchNorm cannot normalize a batch of one in training mode.
+
 An optional teacher turns the loss into knowledge distillation: ``(1 - alpha) * CE + alpha * T^2 * KL``.
 """
 
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = WEIGHTS_FILE  # the pruned-model file name (acp.prune)
 METRICS_NAME = "metrics.json"
+FEW_STEPS_PER_EPOCH = 4  # fewer, and the split is too small for the batch size: say so
 
 
 @dataclass
@@ -99,6 +104,30 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch over ``images`` training images: every image, no batch of one
+    (a lone last image is merged into the batch before it; see :func:`_merge_lone_last`)."""
+    steps = -(-images // batch_size)
+    if batch_size > 1 and images > batch_size and images % batch_size == 1:
+        steps -= 1
+    return max(1, steps)
+
+
+def _merge_lone_last(batches):
+    """``batches`` with a last batch of one image concatenated onto the one before it."""
+    held = None
+    for batch in batches:
+        if held is not None and len(batch[1]) == 1:
+            yield torch.cat([held[0], batch[0]]), torch.cat([held[1], batch[1]])
+            held = None
+            continue
+        if held is not None:
+            yield held
+        held = batch
+    if held is not None:
+        yield held
+
+
 def _make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
     return torch.optim.SGD(
         model.parameters(),
@@ -156,8 +185,19 @@ def train(
             start_epoch, history = _restore(checkpoint_path, model, optimizer, schedule)
         if teacher is not None:
             teacher.eval()
-        steps_per_epoch = max(1, len(train_indices) // schedule.batch_size)
-        total_steps = steps_per_epoch * schedule.epochs
+        if len(train_indices) == 0:
+            raise UserError("no training images: the training split is empty")
+        steps = steps_per_epoch(len(train_indices), schedule.batch_size)
+        total_steps = steps * schedule.epochs
+        if steps < FEW_STEPS_PER_EPOCH and start_epoch < schedule.epochs:
+            log.warning(
+                "only %d training images: %d optimizer step(s) per epoch at batch size %d, %d in all; "
+                "a smaller batch size (--batch-size) trains more per epoch",
+                len(train_indices),
+                steps,
+                schedule.batch_size,
+                total_steps,
+            )
         for epoch in range(start_epoch, schedule.epochs):
             began = time.perf_counter()
             torch.manual_seed(schedule.seed * 1_000_003 + epoch)  # dropout & co. draw from the global RNG
@@ -171,11 +211,10 @@ def train(
                 shuffle=True,
                 augmented=schedule.augment,
                 generator=generator,
-                drop_last=len(train_indices) >= schedule.batch_size,
             )
             bar = tqdm(
-                batches,
-                total=steps_per_epoch,
+                _merge_lone_last(batches) if schedule.batch_size > 1 else batches,
+                total=steps,
                 desc=f"epoch {epoch + 1}/{schedule.epochs}",
                 disable=not progress,
                 leave=False,
@@ -183,7 +222,7 @@ def train(
             )
             lr = schedule.lr
             for step_in_epoch, (images, labels) in enumerate(bar):
-                lr = schedule.lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps)
+                lr = schedule.lr_at(epoch * steps + step_in_epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if channels_last:
