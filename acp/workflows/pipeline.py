@@ -45,33 +45,23 @@ def run_pipeline(
     from acp.workflows.finetune import finetune
     from acp.workflows.search import search
 
+    options = {
+        "flops": flops,
+        "params": params,
+        "latency": latency,
+        "latency_ms": latency_ms,
+        "workers": workers,
+        "progress": progress,
+    }
     if resume is not None:
         run_dir = Path(resume)
         rundir.read_run_settings(run_dir)  # a clear error when DIR is not a run
-        search_result = search(
-            config,
-            resume=run_dir,
-            flops=flops,
-            params=params,
-            latency=latency,
-            latency_ms=latency_ms,
-            workers=workers,
-            progress=progress,
-        )
+        search_result = search(config, resume=run_dir, **options)
     else:
         if out is None or config is None:
             raise UserError("acp run: a CONFIG and --out DIR are required (or --resume DIR)")
         run_dir = Path(out)
-        search_result = search(
-            config,
-            out=run_dir,
-            flops=flops,
-            params=params,
-            latency=latency,
-            latency_ms=latency_ms,
-            workers=workers,
-            progress=progress,
-        )
+        search_result = search(config, out=run_dir, **options)
     if search_result.stopped == "interrupted" or search_result.best is None:
         raise UserError(f"{run_dir}: the search found no usable architecture (all evaluations failed)")
 
