@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from acp.cli.argtypes import positive_int, ratio
-from acp.cli.search import add_latency_budget_flags
+from acp.cli.argtypes import positive_int
+from acp.cli.search import add_budget_flags
 
 
 def register(commands) -> None:
@@ -17,9 +17,7 @@ def register(commands) -> None:
     run_parser.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR, whichever stage it stopped in"
     )
-    run_parser.add_argument("--flops", type=ratio, help="keep at most this ratio of the base MACs")
-    run_parser.add_argument("--params", type=ratio, help="keep at most this ratio of the base params")
-    add_latency_budget_flags(run_parser)
+    add_budget_flags(run_parser)
     run_parser.add_argument(
         "--epochs", type=positive_int, help="finetuning epochs (default: [finetune].epochs)"
     )

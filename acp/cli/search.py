@@ -26,9 +26,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
     parser.add_argument("--out", help="new run directory")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (with DIR/config.toml)")
-    parser.add_argument("--flops", type=_ratio, help="keep at most this ratio of the base MACs")
-    parser.add_argument("--params", type=_ratio, help="keep at most this ratio of the base params")
-    add_latency_budget_flags(parser)
+    add_budget_flags(parser)
     parser.add_argument(
         "--iterations",
         type=_positive_int,
@@ -57,7 +55,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def add_latency_budget_flags(parser: argparse.ArgumentParser) -> None:
+def add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    """--flops, --params, --latency, --latency-ms (acp search and acp run)."""
+    parser.add_argument("--flops", type=_ratio, help="keep at most this ratio of the base MACs")
+    parser.add_argument("--params", type=_ratio, help="keep at most this ratio of the base params")
     parser.add_argument(
         "--latency",
         type=_ratio,
