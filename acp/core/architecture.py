@@ -17,8 +17,6 @@ import copy
 import dataclasses
 import difflib
 import json
-import math
-import numbers
 import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,13 +25,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from acp.errors import UserError, one_line
+from acp.core.document import (
+    Field,
+    describe,
+    expect_array,
+    expect_int,
+    expect_number,
+    expect_object,
+    expect_str,
+    json_data,
+    optional,
+    reject_unknown,
+    show,
+)
+from acp.errors import UserError
 from acp.fileio import atomic_write_json
 from acp.settings import SpaceSettings
 
 SCHEMA = "acp.architecture/1"
 MAX_FILE_BYTES = 64 * 2**20  # far above any real architecture; stops a wrong path from filling memory
-MAX_NESTING = 32
 SOURCES = ("search", "cluster", "uniform", "manual")
 BUDGET_KEYS = ("flops", "params")
 LATENCY_BUDGET_KEYS = ("latency", "latency_ms")  # present only when a latency budget was given
@@ -155,17 +165,17 @@ class Architecture:
     @classmethod
     def from_dict(cls, doc: Any, *, source: str = "<dict>") -> Architecture:
         """Validate a parsed JSON document (anything at all) and build the Architecture; UserError if bad."""
-        return _parse(doc, _Field(str(source)))
+        return _parse(doc, Field(str(source)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Validate, then write atomically as indented JSON (refuses non-finite floats, non-JSON values)."""
-        document = _parse(self.to_dict(), _Field(str(path))).to_dict()
+        document = _parse(self.to_dict(), Field(str(path))).to_dict()
         return atomic_write_json(path, document)
 
     @classmethod
     def load(cls, path: str | os.PathLike, space=None, *, model_name: str | None = None) -> Architecture:
         """Read and validate an architecture file; also check it against ``space``/``model_name`` if given."""
-        at = _Field(str(path))
+        at = Field(str(path))
         architecture = _parse(_read_json(Path(path), at), at)
         if space is not None:
             _check_against(architecture, space, model_name, at)
@@ -175,7 +185,7 @@ class Architecture:
 
     def validate_against(self, space, model_name: str | None = None, *, source="<architecture>") -> None:
         """Raise UserError unless this fits ``space`` exactly (model, groups, widths, recorded costs)."""
-        at = _Field(source)
+        at = Field(source)
         _parse(self.to_dict(), at)
         _check_against(self, space, model_name, at)
 
@@ -201,7 +211,7 @@ class Architecture:
         """
         from acp import __version__
 
-        at = _Field("<from_widths>")
+        at = Field("<from_widths>")
         if not isinstance(identity, ModelIdentity):
             at["identity"].fail(f"expected a ModelIdentity, got {type(identity).__name__}")
         options = {
@@ -212,21 +222,21 @@ class Architecture:
         }
         for name, value in options.items():
             if value is not None and not isinstance(value, Mapping):
-                at[name].fail(f"expected a mapping, got {_describe(value)}")
+                at[name].fail(f"expected a mapping, got {describe(value)}")
         ids = [group.id for group in space.groups]
         width_of = _per_group(at["widths"], widths, ids)
         keep_at = at["keep"]
         if not isinstance(keep, Mapping):
-            keep_at.fail(f"expected a mapping of group id -> kept indices, got {_describe(keep)}")
-        _reject_unknown(keep_at, keep, ids)
+            keep_at.fail(f"expected a mapping of group id -> kept indices, got {describe(keep)}")
+        reject_unknown(keep_at, keep, ids)
         choices = []
         for group in space.groups:
-            width = _int(at["widths"][group.id], width_of[group.id])
+            width = expect_int(at["widths"][group.id], width_of[group.id])
             if group.id in keep:
                 indices = keep[group.id]
                 if isinstance(indices, str | bytes | Mapping) or not isinstance(indices, Iterable):
-                    keep_at[group.id].fail(f"expected channel indices, got {_describe(indices)}")
-                kept = sorted(_int(keep_at[group.id], index) for index in indices)
+                    keep_at[group.id].fail(f"expected channel indices, got {describe(indices)}")
+                kept = sorted(expect_int(keep_at[group.id], index) for index in indices)
             elif width == int(group.full_width):
                 kept = list(range(width))
             else:
@@ -261,139 +271,25 @@ class Architecture:
 # --- validation: one place, tracking the field path ------------------------------------------------
 
 
-class _Field:
-    """A place in a document (source + field path); ``fail`` raises a UserError that names it."""
-
-    __slots__ = ("source", "path")
-
-    def __init__(self, source: str, path: str = "") -> None:
-        self.source, self.path = source, path
-
-    def __getitem__(self, key: str | int) -> _Field:
-        if isinstance(key, int):
-            return _Field(self.source, f"{self.path}[{key}]")
-        return _Field(self.source, f"{self.path}.{key}" if self.path else key)
-
-    def fail(self, message: str) -> NoReturn:
-        where = f"{self.source}: {self.path}: " if self.path else f"{self.source}: "
-        raise UserError(one_line(where + message)) from None
-
-
-_JSON_TYPES = ((bool, "boolean"), (numbers.Integral, "integer"), (numbers.Real, "number"), (str, "string"))
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001  (giant ints and deep nesting refuse repr; the message must not crash)
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    kind = next((name for cls, name in _JSON_TYPES if isinstance(value, cls)), None)
-    if kind is None:
-        kind = "object" if isinstance(value, Mapping) else "array" if isinstance(value, list | tuple) else ""
-    return f"{kind or type(value).__name__} {_show(value)}"
-
-
-def _reject_unknown(at: _Field, mapping: Mapping, allowed: Sequence[str]) -> None:
-    for key in mapping:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed[:8])})"
-            at.fail(f"unknown key {_show(key)}{hint}")
-
-
-def _object(at: _Field, value: Any, required: Sequence[str], optional: Sequence[str] = ()) -> Mapping:
-    if not isinstance(value, Mapping):
-        at.fail(f"expected an object, got {_describe(value)}")
-    _reject_unknown(at, value, (*required, *optional))
-    for key in required:
-        if key not in value:
-            at.fail(f"missing key {key!r}")
-    return value
-
-
-def _array(at: _Field, value: Any, what: str) -> list | tuple:
-    if not isinstance(value, list | tuple):
-        at.fail(f"expected an array of {what}, got {_describe(value)}")
-    return value
-
-
-def _int(at: _Field, value: Any, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # true is not 1 here
-        at.fail(f"expected an integer, got {_describe(value)}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        at.fail(f"{_show(value)} out of range [{low}, {'...' if high is None else high}]")
-    return value
-
-
-def _number(at: _Field, value: Any, low=-math.inf, high=math.inf, *, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        at.fail(f"expected a number, got {_describe(value)}")
-    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
-        at.fail(f"must be a finite number, got {_show(value)}")
-    if value < low or value > high or (open_low and value == low):
-        at.fail(f"{_show(value)} out of range {'(' if open_low else '['}{low}, {high}]")
-    try:
-        return float(value)
-    except OverflowError:
-        at.fail(f"{_show(value)} is too large")
-
-
-def _str(at: _Field, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        at.fail(f"expected a non-empty string, got {_describe(value)}")
-    return value
-
-
-def _optional(check, at: _Field, value: Any, *args, **kwargs):
-    return None if value is None else check(at, value, *args, **kwargs)
-
-
-def _json_data(at: _Field, value: Any, depth: int = 0) -> Any:
-    """A copy of ``value`` if it is plain JSON data (tuples become lists), else a UserError."""
-    if depth > MAX_NESTING:
-        at.fail(f"nested deeper than {MAX_NESTING} levels")
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return _number(at, value)
-    if isinstance(value, list | tuple):
-        return [_json_data(at[i], item, depth + 1) for i, item in enumerate(value)]
-    if isinstance(value, Mapping):
-        for key in value:
-            if not isinstance(key, str):
-                at.fail(f"object keys must be strings, got {_describe(key)}")
-        return {key: _json_data(at[key], item, depth + 1) for key, item in value.items()}
-    at.fail(f"expected plain JSON data, got {_describe(value)}")
-
-
-def _parse(doc: Any, at: _Field) -> Architecture:
+def _parse(doc: Any, at: Field) -> Architecture:
     """Everything that can be checked without the model; the one place the document's rules live."""
     if not isinstance(doc, Mapping):
-        at.fail(f"expected a JSON object (an acp architecture), got {_describe(doc)}")
+        at.fail(f"expected a JSON object (an acp architecture), got {describe(doc)}")
     if "schema" not in doc:
         at.fail(f"missing schema tag 'schema' (expected {SCHEMA!r}); is this an acp architecture file?")
     tag = doc["schema"]
     if not (isinstance(tag, str) and tag == SCHEMA):
-        at["schema"].fail(f"unsupported schema {_show(tag)}; this acp reads {SCHEMA!r}")
-    _object(at, doc, _TOP_KEYS, ("provenance", "latency"))
-    base_macs = _int(at["base_macs"], doc["base_macs"], 1)
-    base_params = _int(at["base_params"], doc["base_params"], 1)
+        at["schema"].fail(f"unsupported schema {show(tag)}; this acp reads {SCHEMA!r}")
+    expect_object(at, doc, _TOP_KEYS, ("provenance", "latency"))
+    base_macs = expect_int(at["base_macs"], doc["base_macs"], 1)
+    base_params = expect_int(at["base_params"], doc["base_params"], 1)
     return Architecture(
         model=_parse_identity(at["model"], doc["model"]),
         groups=_parse_groups(at["groups"], doc["groups"]),
         base_macs=base_macs,
         base_params=base_params,
-        macs=_int(at["macs"], doc["macs"], 0, base_macs),
-        params=_int(at["params"], doc["params"], 0, base_params),
+        macs=expect_int(at["macs"], doc["macs"], 0, base_macs),
+        params=expect_int(at["params"], doc["params"], 0, base_params),
         budget=_parse_budget(at["budget"], doc["budget"]),
         space=_parse_space(at["space"], doc["space"]),
         provenance=_parse_provenance(at["provenance"], doc.get("provenance", {})),
@@ -401,47 +297,47 @@ def _parse(doc: Any, at: _Field) -> Architecture:
     )
 
 
-def _parse_identity(at: _Field, value: Any) -> ModelIdentity:
-    value = _object(at, value, ("name", "num_classes", "input_size"), ("kwargs",))
-    size = _array(at["input_size"], value["input_size"], "3 integers [channels, height, width]")
+def _parse_identity(at: Field, value: Any) -> ModelIdentity:
+    value = expect_object(at, value, ("name", "num_classes", "input_size"), ("kwargs",))
+    size = expect_array(at["input_size"], value["input_size"], "3 integers [channels, height, width]")
     if len(size) != 3:
-        at["input_size"].fail(f"expected [channels, height, width], got {_show(size)}")
-    kwargs = _json_data(at["kwargs"], value.get("kwargs", {}))
+        at["input_size"].fail(f"expected [channels, height, width], got {show(size)}")
+    kwargs = json_data(at["kwargs"], value.get("kwargs", {}))
     if not isinstance(kwargs, dict):
-        at["kwargs"].fail(f"expected an object, got {_describe(kwargs)}")
+        at["kwargs"].fail(f"expected an object, got {describe(kwargs)}")
     if "num_classes" in kwargs:
         at["kwargs"].fail("'num_classes' belongs in model.num_classes")
     return ModelIdentity(
-        name=_str(at["name"], value["name"]),
-        num_classes=_optional(_int, at["num_classes"], value["num_classes"], 1),
-        input_size=tuple(_int(at["input_size"][i], dim, 1) for i, dim in enumerate(size)),
+        name=expect_str(at["name"], value["name"]),
+        num_classes=optional(expect_int, at["num_classes"], value["num_classes"], 1),
+        input_size=tuple(expect_int(at["input_size"][i], dim, 1) for i, dim in enumerate(size)),
         kwargs=kwargs,
     )
 
 
-def _parse_groups(at: _Field, value: Any) -> tuple[GroupChoice, ...]:
+def _parse_groups(at: Field, value: Any) -> tuple[GroupChoice, ...]:
     first_seen: dict[str, int] = {}
     choices = []
-    for i, item in enumerate(_array(at, value, "groups")):
+    for i, item in enumerate(expect_array(at, value, "groups")):
         group_at = at[i]
-        item = _object(group_at, item, ("id", "full_width", "width", "keep"))
-        group_id = _str(group_at["id"], item["id"])
+        item = expect_object(group_at, item, ("id", "full_width", "width", "keep"))
+        group_id = expect_str(group_at["id"], item["id"])
         if group_id in first_seen:
             group_at["id"].fail(f"duplicate group {group_id!r} (also groups[{first_seen[group_id]}])")
         first_seen[group_id] = i
-        full_width = _int(group_at["full_width"], item["full_width"], 1)
-        width = _int(group_at["width"], item["width"], 1, full_width)
+        full_width = expect_int(group_at["full_width"], item["full_width"], 1)
+        width = expect_int(group_at["width"], item["width"], 1, full_width)
         keep = _parse_keep(group_at["keep"], item["keep"], full_width, width)
         choices.append(GroupChoice(group_id, full_width, width, keep))
     return tuple(choices)
 
 
-def _parse_keep(at: _Field, value: Any, full_width: int, width: int) -> tuple[int, ...]:
-    indices = [_int(at[i], index) for i, index in enumerate(_array(at, value, "channel indices"))]
+def _parse_keep(at: Field, value: Any, full_width: int, width: int) -> tuple[int, ...]:
+    indices = [expect_int(at[i], index) for i, index in enumerate(expect_array(at, value, "channel indices"))]
     previous = -1
     for index in indices:
         if not 0 <= index < full_width:
-            at.fail(f"index {_show(index)} out of range for full_width {full_width}")
+            at.fail(f"index {show(index)} out of range for full_width {full_width}")
         if index == previous:
             at.fail(f"duplicate index {index}")
         if index < previous:
@@ -452,68 +348,72 @@ def _parse_keep(at: _Field, value: Any, full_width: int, width: int) -> tuple[in
     return tuple(indices)
 
 
-def _parse_budget(at: _Field, value: Any) -> dict:
-    value = _object(at, value, BUDGET_KEYS, LATENCY_BUDGET_KEYS)
-    budget = {key: _optional(_number, at[key], value[key], 0.0, 1.0, open_low=True) for key in BUDGET_KEYS}
+def _parse_budget(at: Field, value: Any) -> dict:
+    value = expect_object(at, value, BUDGET_KEYS, LATENCY_BUDGET_KEYS)
+    budget = {
+        key: optional(expect_number, at[key], value[key], 0.0, 1.0, open_low=True) for key in BUDGET_KEYS
+    }
     if any(key in value for key in LATENCY_BUDGET_KEYS):
-        budget["latency"] = _optional(_number, at["latency"], value.get("latency"), 0.0, 1.0, open_low=True)
-        budget["latency_ms"] = _optional(
-            _number, at["latency_ms"], value.get("latency_ms"), 0.0, open_low=True
+        budget["latency"] = optional(
+            expect_number, at["latency"], value.get("latency"), 0.0, 1.0, open_low=True
+        )
+        budget["latency_ms"] = optional(
+            expect_number, at["latency_ms"], value.get("latency_ms"), 0.0, open_low=True
         )
     return budget
 
 
-def _parse_latency(at: _Field, value: Any) -> dict:
-    value = _object(at, value, LATENCY_KEYS)
+def _parse_latency(at: Field, value: Any) -> dict:
+    value = expect_object(at, value, LATENCY_KEYS)
     return {
-        "runtime": _str(at["runtime"], value["runtime"]),
-        "batch_size": _int(at["batch_size"], value["batch_size"], 1),
-        "threads": _int(at["threads"], value["threads"], 1),
-        "cpu": _str(at["cpu"], value["cpu"]),
-        "base_ms": _number(at["base_ms"], value["base_ms"], 0.0, open_low=True),
-        "predicted_ms": _number(at["predicted_ms"], value["predicted_ms"], 0.0, open_low=True),
+        "runtime": expect_str(at["runtime"], value["runtime"]),
+        "batch_size": expect_int(at["batch_size"], value["batch_size"], 1),
+        "threads": expect_int(at["threads"], value["threads"], 1),
+        "cpu": expect_str(at["cpu"], value["cpu"]),
+        "base_ms": expect_number(at["base_ms"], value["base_ms"], 0.0, open_low=True),
+        "predicted_ms": expect_number(at["predicted_ms"], value["predicted_ms"], 0.0, open_low=True),
     }
 
 
-def _parse_space(at: _Field, value: Any) -> dict:
-    value = _object(at, value, tuple(SPACE_DEFAULTS))
-    layers = _array(at["ignored_layers"], value["ignored_layers"], "layer names")
+def _parse_space(at: Field, value: Any) -> dict:
+    value = expect_object(at, value, tuple(SPACE_DEFAULTS))
+    layers = expect_array(at["ignored_layers"], value["ignored_layers"], "layer names")
     return {
-        "round_to": _int(at["round_to"], value["round_to"], 1),
-        "min_keep": _number(at["min_keep"], value["min_keep"], 0.0, 1.0, open_low=True),
-        "ignored_layers": [_str(at["ignored_layers"][i], name) for i, name in enumerate(layers)],
+        "round_to": expect_int(at["round_to"], value["round_to"], 1),
+        "min_keep": expect_number(at["min_keep"], value["min_keep"], 0.0, 1.0, open_low=True),
+        "ignored_layers": [expect_str(at["ignored_layers"][i], name) for i, name in enumerate(layers)],
     }
 
 
-def _parse_provenance(at: _Field, value: Any) -> dict:
-    value = _object(at, value, (), PROVENANCE_KEYS)
+def _parse_provenance(at: Field, value: Any) -> dict:
+    value = expect_object(at, value, (), PROVENANCE_KEYS)
     result = {key: value.get(key) for key in PROVENANCE_KEYS}
     if result["source"] is not None and result["source"] not in SOURCES:
-        at["source"].fail(f"expected one of {', '.join(SOURCES)} or null, got {_describe(result['source'])}")
-    result["seed"] = _optional(_int, at["seed"], result["seed"], 0)
-    result["evaluations"] = _optional(_int, at["evaluations"], result["evaluations"], 0)
-    result["proxy_score"] = _optional(_number, at["proxy_score"], result["proxy_score"])
-    result["finalist_score"] = _optional(_number, at["finalist_score"], result["finalist_score"])
-    result["finalists"] = _optional(_int, at["finalists"], result["finalists"], 0)
-    result["proxy_rank"] = _optional(_int, at["proxy_rank"], result["proxy_rank"], 1)
+        at["source"].fail(f"expected one of {', '.join(SOURCES)} or null, got {describe(result['source'])}")
+    result["seed"] = optional(expect_int, at["seed"], result["seed"], 0)
+    result["evaluations"] = optional(expect_int, at["evaluations"], result["evaluations"], 0)
+    result["proxy_score"] = optional(expect_number, at["proxy_score"], result["proxy_score"])
+    result["finalist_score"] = optional(expect_number, at["finalist_score"], result["finalist_score"])
+    result["finalists"] = optional(expect_int, at["finalists"], result["finalists"], 0)
+    result["proxy_rank"] = optional(expect_int, at["proxy_rank"], result["proxy_rank"], 1)
     for key in ("criterion", "acp_version", "created"):
-        _optional(_str, at[key], result[key])
+        optional(expect_str, at[key], result[key])
     if result["created"] is not None:
         try:  # Python 3.10's fromisoformat does not know the "Z" suffix
             datetime.fromisoformat(result["created"].replace("Z", "+00:00"))
         except ValueError:
-            at["created"].fail(f"expected an ISO 8601 time, got {_show(result['created'])}")
+            at["created"].fail(f"expected an ISO 8601 time, got {show(result['created'])}")
     return result
 
 
 # --- checks that need the model's ChannelSpace ----------------------------------------------------
 
 
-def _wrong_model(architecture: Architecture, model_name: str, at: _Field) -> NoReturn:
+def _wrong_model(architecture: Architecture, model_name: str, at: Field) -> NoReturn:
     at["model"]["name"].fail(f"architecture is for model {architecture.model.name!r}, not {model_name!r}")
 
 
-def _check_against(architecture: Architecture, space, model_name: str | None, at: _Field, costs=True) -> None:
+def _check_against(architecture: Architecture, space, model_name: str | None, at: Field, costs=True) -> None:
     if model_name is not None and architecture.model.name != model_name:
         _wrong_model(architecture, model_name, at)
     expected_size = tuple(int(dim) for dim in space.input_shape[1:])
@@ -576,12 +476,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:  # json keeps the last silently; in a contract file a repeated key is a mistake
-            raise _BadJSON(f"invalid JSON: duplicate key {_show(key)} in an object")
+            raise _BadJSON(f"invalid JSON: duplicate key {show(key)} in an object")
         seen.add(key)
     return dict(pairs)
 
 
-def _read_json(path: Path, at: _Field) -> Any:
+def _read_json(path: Path, at: Field) -> Any:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -617,10 +517,10 @@ def _read_json(path: Path, at: _Field) -> Any:
         at.fail(f"invalid JSON: {error}")
 
 
-def _per_group(at: _Field, widths: Any, ids: list[str]) -> dict[str, Any]:
+def _per_group(at: Field, widths: Any, ids: list[str]) -> dict[str, Any]:
     """Widths given as a mapping id -> width or as a sequence in space order, as a mapping."""
     if isinstance(widths, Mapping):
-        _reject_unknown(at, widths, ids)
+        reject_unknown(at, widths, ids)
         missing = [group_id for group_id in ids if group_id not in widths]
         if missing:
             at.fail(f"missing width for group {missing[0]!r}")
@@ -628,7 +528,7 @@ def _per_group(at: _Field, widths: Any, ids: list[str]) -> dict[str, Any]:
     try:
         values = list(widths)
     except TypeError:
-        at.fail(f"expected a mapping or a sequence of widths, got {_describe(widths)}")
+        at.fail(f"expected a mapping or a sequence of widths, got {describe(widths)}")
     if len(values) != len(ids):
         at.fail(f"expected {len(ids)} widths (one per group, in space order), got {len(values)}")
     return dict(zip(ids, values))
