@@ -5,6 +5,8 @@ executed) and validated in one place, :func:`_parse`, which tracks the field pat
 one-line :class:`~acp.errors.UserError` such as
 ``runs/a/best_arch.json: groups[3].keep: index 70 out of range for full_width 64``.
 Checks that need the model (group ids, allowed widths, the cost model) live in :func:`_check_against`.
+An optional ``preprocessing`` object records how images were prepared for the model (mean, std, input
+size, class names; :mod:`acp.core.preprocessing`): files without it load, a present one is validated.
 
 Equality: ``==`` compares every field, including ``provenance["created"]`` (a timestamp, may be None).
 Use :meth:`Architecture.content_equal` to ask whether two architectures are the same apart from when
@@ -38,6 +40,7 @@ from acp.core.document import (
     reject_unknown,
     show,
 )
+from acp.core.preprocessing import Preprocessing, check_against_model, parse_preprocessing
 from acp.errors import UserError
 from acp.fileio import atomic_write_json
 from acp.settings import SpaceSettings
@@ -109,6 +112,7 @@ class Architecture:
     space: dict  # {"round_to": int, "min_keep": float, "ignored_layers": [str]}: rebuilds the ChannelSpace
     provenance: dict  # PROVENANCE_KEYS; unknown -> None
     latency: dict | None = None  # LATENCY_KEYS, for an architecture searched under a latency budget
+    preprocessing: Preprocessing | None = None  # how images were prepared for the model; None: not recorded
 
     @property
     def widths(self) -> dict[str, int]:
@@ -156,6 +160,7 @@ class Architecture:
             "space": copy.deepcopy(self.space),
             "provenance": copy.deepcopy(self.provenance),
             **({} if self.latency is None else {"latency": copy.deepcopy(self.latency)}),
+            **({} if self.preprocessing is None else {"preprocessing": self.preprocessing.to_dict()}),
             "groups": [
                 {"id": g.id, "full_width": g.full_width, "width": g.width, "keep": list(g.keep)}
                 for g in self.groups
@@ -183,6 +188,15 @@ class Architecture:
             _wrong_model(architecture, model_name, at)
         return architecture
 
+    def with_preprocessing(self, preprocessing: Preprocessing | None) -> Architecture:
+        """A copy carrying ``preprocessing`` (checked against the model's input size and classes)."""
+        at = Field("<with_preprocessing>")
+        if preprocessing is not None:
+            if not isinstance(preprocessing, Preprocessing):
+                at.fail(f"expected a Preprocessing, got {describe(preprocessing)}")
+            check_against_model(at, preprocessing, self.model.input_size, self.model.num_classes)
+        return dataclasses.replace(self, preprocessing=preprocessing)
+
     def validate_against(self, space, model_name: str | None = None, *, source="<architecture>") -> None:
         """Raise UserError unless this fits ``space`` exactly (model, groups, widths, recorded costs)."""
         at = Field(source)
@@ -201,6 +215,7 @@ class Architecture:
         space_settings: Mapping | None = None,
         provenance: Mapping | None = None,
         latency: Mapping | None = None,
+        preprocessing: Preprocessing | None = None,
     ) -> Architecture:
         """Build a validated Architecture; MACs/params come from ``space.cost``.
 
@@ -265,7 +280,8 @@ class Architecture:
         architecture = _parse(document, at)
         _check_against(architecture, space, None, at, costs=False)
         macs, params = space.cost(architecture.widths)
-        return dataclasses.replace(architecture, macs=int(macs), params=int(params))
+        architecture = dataclasses.replace(architecture, macs=int(macs), params=int(params))
+        return architecture.with_preprocessing(preprocessing)
 
 
 # --- validation: one place, tracking the field path ------------------------------------------------
@@ -280,11 +296,16 @@ def _parse(doc: Any, at: Field) -> Architecture:
     tag = doc["schema"]
     if not (isinstance(tag, str) and tag == SCHEMA):
         at["schema"].fail(f"unsupported schema {show(tag)}; this acp reads {SCHEMA!r}")
-    expect_object(at, doc, _TOP_KEYS, ("provenance", "latency"))
+    expect_object(at, doc, _TOP_KEYS, ("provenance", "latency", "preprocessing"))
     base_macs = expect_int(at["base_macs"], doc["base_macs"], 1)
     base_params = expect_int(at["base_params"], doc["base_params"], 1)
+    identity = _parse_identity(at["model"], doc["model"])
+    preprocessing = None  # optional: files written before it was recorded load without it
+    if doc.get("preprocessing") is not None:
+        preprocessing = parse_preprocessing(at["preprocessing"], doc["preprocessing"])
+        check_against_model(at["preprocessing"], preprocessing, identity.input_size, identity.num_classes)
     return Architecture(
-        model=_parse_identity(at["model"], doc["model"]),
+        model=identity,
         groups=_parse_groups(at["groups"], doc["groups"]),
         base_macs=base_macs,
         base_params=base_params,
@@ -294,6 +315,7 @@ def _parse(doc: Any, at: Field) -> Architecture:
         space=_parse_space(at["space"], doc["space"]),
         provenance=_parse_provenance(at["provenance"], doc.get("provenance", {})),
         latency=None if doc.get("latency") is None else _parse_latency(at["latency"], doc["latency"]),
+        preprocessing=preprocessing,
     )
 
 
