@@ -5,12 +5,16 @@ dependency graph is built per call, which matters when a search materializes tho
 ``materialize_with_torch_pruning`` is the slow reference path through Torch-Pruning, kept to check the
 fast one. A pruned model is stored as ``arch.json`` (the Architecture) + ``weights.pt`` (a plain
 state_dict) and loaded by rebuilding the base model, applying the architecture and loading the weights
-with ``weights_only=True`` -- no pickled modules anywhere.
+with ``weights_only=True`` -- no pickled modules anywhere. The loaded model carries the preprocessing its
+architecture records as ``model.preprocessing`` (an :class:`acp.core.preprocessing.Preprocessing`, or None
+for an architecture written before it was recorded), and :func:`export_onnx` writes it into the ONNX
+file's ``metadata_props``.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 import warnings
@@ -24,13 +28,18 @@ from torch import nn
 
 from acp.core.architecture import Architecture, ModelIdentity
 from acp.core.graph import pruned_copy
+from acp.core.preprocessing import Preprocessing
 from acp.core.space import ChannelSpace
 from acp.errors import UserError
 from acp.fileio import atomic_torch_save, load_weights_into
 from acp.settings import SpaceSettings
 
+log = logging.getLogger(__name__)
+
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "weights.pt"
+PREPROCESSING_ATTRIBUTE = "preprocessing"  # set on the model load_pruned returns
+_CARRIED = object()  # export_onnx's default: the preprocessing the model carries
 
 
 def example_input(identity: ModelIdentity) -> torch.Tensor:
@@ -156,12 +165,15 @@ def load_pruned(
     """Rebuild a pruned model: base model -> architecture -> state_dict (``weights_only=True``).
 
     ``path_or_arch``: a directory written by :func:`save_pruned`, an architecture JSON file (weights default
-    to ``weights.pt`` beside it), or an Architecture (then ``weights`` is required).
+    to ``weights.pt`` beside it), or an Architecture (then ``weights`` is required). The model's
+    ``preprocessing`` attribute is the architecture's record of how to prepare its input images (None when
+    the file has none): ``model(torch.from_numpy(model.preprocessing.model_input(image)))``.
     """
     if isinstance(path_or_arch, Architecture):
         arch = path_or_arch
         if weights is None:
             raise UserError("load_pruned: weights file required when passing an Architecture")
+        base, space = build_space(arch.model, arch.space)
     else:
         arch_path = architecture_file(path_or_arch)
         arch, base, space = load_architecture(arch_path)
@@ -169,9 +181,17 @@ def load_pruned(
             weights = arch_path.parent / WEIGHTS_FILE
             if not weights.is_file():
                 raise UserError(f"no weights for {arch_path}: expected {weights} (or pass weights=...)")
-        return _load_pruned_weights(base, materialize(base, arch, space), weights)
-    base, space = build_space(arch.model, arch.space)
-    return _load_pruned_weights(base, materialize(base, arch, space), weights)
+    model = _load_pruned_weights(base, materialize(base, arch, space), weights)
+    if hasattr(model, PREPROCESSING_ATTRIBUTE):  # the network's own attribute of that name wins
+        log.warning(
+            "%s already has an attribute %r: the architecture's preprocessing is not attached (read it from "
+            "Architecture.load(...).preprocessing)",
+            type(model).__name__,
+            PREPROCESSING_ATTRIBUTE,
+        )
+    else:
+        setattr(model, PREPROCESSING_ATTRIBUTE, arch.preprocessing)
+    return model
 
 
 def _load_pruned_weights(base: nn.Module, pruned: nn.Module, weights) -> nn.Module:
@@ -194,16 +214,37 @@ def _load_pruned_weights(base: nn.Module, pruned: nn.Module, weights) -> nn.Modu
         ) from None
 
 
-def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, *, opset: int | None = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    input_shape,
+    path: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    preprocessing: Preprocessing | None = _CARRIED,
+) -> Path:
     """Export ``model`` (in eval mode, batch dimension dynamic) to ONNX, written atomically.
 
-    ``input_shape`` is (C, H, W) or (N, C, H, W). ``model`` keeps its train/eval mode.
+    ``input_shape`` is (C, H, W) or (N, C, H, W). ``model`` keeps its train/eval mode. ``preprocessing``
+    (default: the ``model.preprocessing`` :func:`load_pruned` attached, if any) is written into the file's
+    ``metadata_props`` as JSON texts: ``acp.mean``, ``acp.std``, ``acp.input_size``, ``acp.class_names``
+    (this needs the ``onnx`` package).
     """
     shape = tuple(int(d) for d in input_shape)
     if len(shape) == 3:
         shape = (1, *shape)
     if len(shape) != 4 or min(shape) < 1:
         raise UserError(f"input_shape: expected (channels, height, width), got {tuple(input_shape)}")
+    if preprocessing is _CARRIED:
+        preprocessing = getattr(model, PREPROCESSING_ATTRIBUTE, None)
+        preprocessing = preprocessing if isinstance(preprocessing, Preprocessing) else None
+    if preprocessing is not None:
+        if not isinstance(preprocessing, Preprocessing):
+            raise UserError(f"preprocessing: expected a Preprocessing, got {type(preprocessing).__name__}")
+        if tuple(preprocessing.input_size) != shape[1:]:
+            raise UserError(
+                f"preprocessing: input size {list(preprocessing.input_size)} disagrees with the exported "
+                f"input shape {list(shape[1:])}"
+            )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     exported = copy.deepcopy(model).eval()
@@ -222,11 +263,44 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, *, opset
                 opset_version=opset,
                 dynamo=False,  # the torch.export-based exporter needs onnxscript, an extra dependency
             )
+        if preprocessing is not None:
+            _write_metadata(temp_name, preprocessing)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_metadata(onnx_path: str, preprocessing: Preprocessing) -> None:
+    """Add the preprocessing to an ONNX file's ``metadata_props`` (replacing acp's keys, keeping others)."""
+    try:
+        import onnx
+    except ImportError:
+        raise UserError(
+            "writing the preprocessing into the ONNX file needs the onnx package: pip install 'acp[onnx]'"
+        ) from None
+    document = onnx.load(onnx_path)
+    props = preprocessing.metadata_props()
+    kept = [(entry.key, entry.value) for entry in document.metadata_props if entry.key not in props]
+    del document.metadata_props[:]
+    for key, value in (*kept, *props.items()):
+        document.metadata_props.add(key=key, value=value)
+    channels, height, width = preprocessing.input_size
+    document.doc_string = (
+        f"input: float32 (batch, {channels}, {height}, {width}) = (pixels / 255 - acp.mean) / acp.std per "
+        "channel, RGB images of exactly acp.input_size (not resized); output i is acp.class_names[i]"
+    )
+    onnx.save(document, onnx_path)
+
+
+def preprocessing_of_onnx(path: str | os.PathLike) -> Preprocessing:
+    """The preprocessing :func:`export_onnx` wrote into ``path``'s metadata; UserError when it has none."""
+    import onnx
+
+    document = onnx.load(str(path), load_external_data=False)
+    props = {entry.key: entry.value for entry in document.metadata_props}
+    return Preprocessing.from_metadata_props(props, source=str(path))
 
 
 def onnx_max_difference(model: nn.Module, input_size, path) -> float:

@@ -12,6 +12,8 @@ import torch
 import torch_pruning as tp
 
 from acp.core.architecture import Architecture, ModelIdentity
+from acp.core.preprocessing import Preprocessing
+from acp.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from acp.errors import UserError
 from acp.fileio import atomic_torch_save, load_weights_into
 from acp.prune import (
@@ -201,3 +203,70 @@ def test_onnx_export_matches_pytorch(tmp_path):
     np.testing.assert_allclose(got, outputs(pruned, x).numpy(), rtol=1e-4, atol=1e-4)
     with pytest.raises(UserError, match="input_shape"):
         export_onnx(pruned, (32, 32), tmp_path / "bad.onnx")
+
+
+# --- the preprocessing a pruned model carries (issue 16 item 3) -------------------------------------
+
+CIFAR10_RECORD = Preprocessing(CIFAR10_MEAN, CIFAR10_STD, (3, 32, 32), tuple(CIFAR10_CLASSES))
+
+
+def test_the_preprocessing_survives_save_pruned_and_load_pruned(tmp_path):
+    model, space, arch = arch_for("resnet20_cifar", 4)
+    arch = arch.with_preprocessing(CIFAR10_RECORD)
+    directory = save_pruned(materialize(model, arch, space), arch, tmp_path / "pruned")
+    assert json.loads((directory / "arch.json").read_text())["preprocessing"] == {
+        "mean": list(CIFAR10_MEAN),
+        "std": list(CIFAR10_STD),
+        "input_size": [3, 32, 32],
+        "class_names": CIFAR10_CLASSES,
+    }
+    for loaded in (
+        load_pruned(directory),
+        load_pruned(directory / "arch.json"),
+        load_pruned(arch, directory / "weights.pt"),
+    ):
+        assert loaded.preprocessing == CIFAR10_RECORD
+        assert loaded.preprocessing.mean == CIFAR10_MEAN and loaded.preprocessing.std == CIFAR10_STD
+    # an architecture written before the record existed loads, and says it has none
+    old = save_pruned(materialize(model, arch, space), arch.with_preprocessing(None), tmp_path / "old")
+    assert "preprocessing" not in json.loads((old / "arch.json").read_text())
+    assert load_pruned(old).preprocessing is None
+
+
+def test_onnx_export_writes_the_preprocessing_into_its_metadata(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from acp.prune import preprocessing_of_onnx
+
+    model, space, arch = arch_for("resnet20_cifar", 4)
+    arch = arch.with_preprocessing(CIFAR10_RECORD)
+    directory = save_pruned(materialize(model, arch, space), arch, tmp_path / "pruned")
+    loaded = load_pruned(directory).eval()
+    path = export_onnx(loaded, (3, 32, 32), tmp_path / "model.onnx")  # the carried record by default
+    props = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    assert props == {
+        "acp.mean": json.dumps(list(CIFAR10_MEAN)),
+        "acp.std": json.dumps(list(CIFAR10_STD)),
+        "acp.input_size": "[3, 32, 32]",
+        "acp.class_names": json.dumps(CIFAR10_CLASSES),
+    }
+    assert [json.loads(props[f"acp.{key}"]) for key in ("mean", "std")] == [
+        list(CIFAR10_MEAN),
+        list(CIFAR10_STD),
+    ]
+    assert preprocessing_of_onnx(path) == CIFAR10_RECORD
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert Preprocessing.from_metadata_props(session.get_modelmeta().custom_metadata_map) == CIFAR10_RECORD
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    x = CIFAR10_RECORD.model_input(pixels)
+    (got,) = session.run(None, {"input": x})
+    np.testing.assert_allclose(got, outputs(loaded, torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-4)
+
+    bare = export_onnx(materialize(model, arch, space), (3, 32, 32), tmp_path / "bare.onnx")
+    assert not [entry.key for entry in onnx.load(str(bare)).metadata_props if entry.key.startswith("acp.")]
+    with pytest.raises(UserError, match="no acp.mean in the model's metadata"):
+        preprocessing_of_onnx(bare)
+    small = Preprocessing(CIFAR10_MEAN, CIFAR10_STD, (3, 16, 16))
+    with pytest.raises(UserError, match=r"preprocessing: input size \[3, 16, 16\] disagrees"):
+        export_onnx(loaded, (3, 32, 32), tmp_path / "wrong.onnx", preprocessing=small)
+    assert not (tmp_path / "wrong.onnx").exists()

@@ -64,10 +64,18 @@ def run_export(args: argparse.Namespace) -> int:
 
     model = load_pruned(args.arch, args.weights)
     arch = Architecture.load(architecture_file(args.arch))
-    path = export_onnx(model, arch.model.input_size, args.onnx)
+    path = export_onnx(model, arch.model.input_size, args.onnx, preprocessing=arch.preprocessing)
     message = f"wrote {path}"
     if importlib.util.find_spec("onnxruntime") is not None:
         difference = onnx_max_difference(model, arch.model.input_size, path)
         message += f" (onnxruntime output matches PyTorch: max abs difference {difference:.2e})"
     print(message)
+    if arch.preprocessing is None:
+        log.warning(
+            "%s records no preprocessing (written before acp recorded it): the ONNX file has no acp.mean/"
+            "acp.std metadata; normalize inputs as the base model was trained",
+            args.arch,
+        )
+    else:
+        print("its metadata_props hold the preprocessing: acp.mean, acp.std, acp.input_size, acp.class_names")
     return 0
