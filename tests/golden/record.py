@@ -13,6 +13,12 @@ of the 50,000 JPEGs takes about 20 s). Each JSON file holds ``recorded`` (commit
 information only), ``commands``, ``inputs`` (digits only: the initial weights, see below) and
 ``outputs``, the part that is compared.
 
+Floating point is bit-exact only on one kind of CPU: the same code, packages and thread count give other
+bits on a processor with other vector instructions (oneDNN, MKL and numpy pick their kernels by the CPU's
+features). ``recorded`` therefore holds ``cpu``, the kind of CPU the files were recorded on
+(``cpu_kind()``: vendor, family, model and SIMD feature flags), and tests/test_golden.py compares only
+on that kind of CPU and skips, saying why, on any other.
+
 Everything goes through the CLI, ``python -m acp ...`` in subprocesses, never through ``import acp``: the
 restructure may move any module, the command line is the contract. Each command runs with
 ``OMP_NUM_THREADS=1 MKL_NUM_THREADS=1`` (floating point must not depend on the thread count) and
@@ -53,6 +59,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shlex
 import sqlite3
 import subprocess
@@ -408,6 +415,32 @@ COMMANDS = {
 }
 
 
+CPUINFO_FIELDS = ("vendor_id", "cpu family", "model", "flags", "Features")
+SIMD_FLAG_PREFIXES = ("sse", "ssse", "avx", "amx", "fma", "f16c", "neon", "asimd", "sve")
+
+
+def cpu_kind() -> str:
+    """The kind of CPU floating point depends on: vendor, family, model and SIMD flags (Linux's
+    /proc/cpuinfo; elsewhere the platform's processor string), as ``name/hash`` (the hash of the flags)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in CPUINFO_FIELDS and key not in fields:
+                fields[key] = value.strip()
+    except OSError:
+        pass
+    flags = sorted(
+        flag for flag in (fields.get("flags") or fields.get("Features") or "").split()
+        if flag.startswith(SIMD_FLAG_PREFIXES)
+    )  # fmt: skip
+    name = " ".join(fields[key] for key in ("vendor_id", "cpu family", "model") if key in fields)
+    name = f"{platform.machine()} {name or platform.processor()}".strip()
+    digest = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:12]
+    return f"{name} / simd {digest}"
+
+
 def golden_path(scenario: str) -> Path:
     return GOLDEN_DIR / f"{scenario}.json"
 
@@ -497,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         document = {
             "scenario": scenario,
-            "recorded": {"commit": commit, "acp_code": location, **_versions()},
+            "recorded": {"commit": commit, "acp_code": location, "cpu": cpu_kind(), **_versions()},
             "commands": COMMANDS[scenario],
             **result,
         }
