@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     out = result.out_dir
     print(
         f"files: {out / 'search' / 'best_arch.json'} (architecture), {out / 'pruned'} (pruned model: "
-        f"acp.load_pruned({str(out / 'pruned')!r})), {out / 'report.png'} (search report)"
+        f"acp.load_pruned({str(out / 'pruned')!r})), {out / 'search' / 'report.png'} (search report), "
+        f"{out / 'demo_config.toml'} (its configuration, to edit and rerun with acp run)"
     )
     return 0

@@ -80,7 +80,7 @@ def finetune_model(
 
     with torch_threads(threads):
         before = _before_metrics(out_dir, resume, base, pruned, arch, data, splits, measure_latency_of_models)
-    before.update({**(provenance or {}), "distill": bool(distill)})
+    before.update({**(provenance or {}), "distill": bool(distill), "recipe": schedule.to_dict()})
     history = train(
         pruned,
         data,

@@ -9,7 +9,6 @@ and ``report.png``. Every stage is the real one; only the sizes are small. A few
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,15 @@ def run_demo(
         "space": {"round_to": 1, "min_keep": 0.1},
         "budget": {"flops": flops},
         "search": {"particles": sizes.particles, "iterations": sizes.iterations, "seed": 0},
-        "finetune": {"threads": DEMO_THREADS},
+        # the recipe step 3 uses, so demo_config.toml reproduces the demo when edited and rerun
+        "finetune": {
+            "epochs": sizes.finetune_epochs,
+            "batch_size": 32,
+            "lr": 0.05,
+            "augment": False,
+            "seed": 0,
+            "threads": DEMO_THREADS,
+        },
         "proxy": {
             "calibration_batches": sizes.calibration_batches,
             "calibration_batch_size": 32,
@@ -123,18 +130,9 @@ def run_demo(
     result = search(config, out=out_dir / "search", progress=progress)
 
     log.info("3/4 finetuning the best architecture (%d epochs)", sizes.finetune_epochs)
-    tune_schedule = Schedule(epochs=sizes.finetune_epochs, batch_size=32, lr=0.05, augment=False, seed=0)
-    tuned = finetune(
-        out_dir / "search" / "best_arch.json",
-        out_dir=out_dir / "pruned",
-        training_schedule=tune_schedule,
-        progress=progress,
-    )
+    tuned = finetune(out_dir / "search" / "best_arch.json", out_dir=out_dir / "pruned", progress=progress)
 
-    log.info("4/4 report")
-    report = out_dir / "search" / "report.png"
-    if report.is_file():
-        shutil.copyfile(report, out_dir / "report.png")
+    log.info("4/4 report: %s", out_dir / "search" / "report.png")
     metrics = tuned.metrics
     del result
     return DemoResult(
