@@ -21,7 +21,7 @@ import os
 import pickle
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,12 @@ class ImageData:
         """Normalized float32 NCHW images and int64 labels for ``indices`` (all when None), contiguous."""
         indices = np.arange(len(self)) if indices is None else np.asarray(indices)
         return self.normalize(torch.from_numpy(self.images[indices])), torch.from_numpy(self.labels[indices])
+
+    def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> ImageData:
+        """The same images (arrays shared, not copied) normalized with ``mean``/``std`` instead -- those a
+        trained model carries, rather than statistics of these images."""
+        test = None if self.test is None else self.test.with_normalization(mean, std)
+        return replace(self, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), test=test)
 
     def normalize(self, uint8_nhwc: torch.Tensor) -> torch.Tensor:
         x = uint8_nhwc.permute(0, 3, 1, 2).float().div_(255.0)

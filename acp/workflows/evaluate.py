@@ -1,7 +1,9 @@
 """``acp eval`` / ``acp.evaluate(...)``: accuracy, loss, MACs and params of a base or pruned model.
 
 A pruned model of a run (its ``best_arch.json``, or ``DIR/finetune``) is evaluated on the run's split
-(method and seed from the run's ``config.toml``) unless the caller names another.
+(method and seed from the run's ``config.toml``) unless the caller names another, and its images are
+normalized with the mean/std its architecture records (those it was trained with), not with statistics of
+the images given; an architecture that records none uses the images' own, as before.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def evaluate(
     from acp.data import load_data, make_splits
     from acp.threads import available_cores, torch_threads
     from acp.train.loop import evaluate as evaluate_model
+    from acp.workflows.problem import normalized_as_recorded
 
     if arch is None and model is None:
         raise UserError("acp eval: give an architecture JSON or --model NAME")
@@ -68,7 +71,9 @@ def evaluate(
     images = load_data(data_settings.spec)
     splits = make_splits(images, data_settings.split, seed=data_settings.seed)
     if arch is not None:
-        network, input_size = _pruned_model(arch, weights)
+        network, recorded = _pruned_model(arch, weights)
+        input_size = tuple(recorded.model.input_size)
+        images = normalized_as_recorded(images, recorded.preprocessing, what="acp eval")
         if images.image_shape != input_size:  # the recorded MACs/params hold only at the architecture's size
             raise UserError(
                 f"images of data {data} are {'x'.join(map(str, images.image_shape))}, but the architecture's "
@@ -90,7 +95,7 @@ def evaluate(
 
 
 def _pruned_model(arch_path, weights):
-    """The pruned model of ``arch_path`` and its input size: ``weights`` are the pruned model's own (as
+    """The pruned model of ``arch_path`` and its Architecture: ``weights`` are the pruned model's own (as
     saved by prune / finetune), or -- recognized by their shapes -- the unpruned model's, then pruned."""
     from acp.fileio import load_state_dict_file, load_state_into
     from acp.prune import architecture_file, load_architecture, load_pruned, materialize
@@ -101,8 +106,8 @@ def _pruned_model(arch_path, weights):
         base_shapes = {key: tuple(value.shape) for key, value in base.state_dict().items()}
         if {key: tuple(value.shape) for key, value in state.items()} == base_shapes:
             load_state_into(base, state, weights)
-            return materialize(base, arch, space), tuple(arch.model.input_size)
-    return load_pruned(arch_path, weights), tuple(arch.model.input_size)
+            return materialize(base, arch, space), arch
+    return load_pruned(arch_path, weights), arch
 
 
 def check_input_fits(model, image_shape: tuple[int, int, int], spec: str) -> None:

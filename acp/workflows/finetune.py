@@ -6,19 +6,27 @@ method *and seed*, so the pruned model is validated on exactly the images the ba
 on -- and the ``[finetune]`` recipe; keyword arguments override single fields of that recipe.
 ``acp finetune runs/r20/best_arch.json --epochs 30 --out runs/r20/ft`` needs nothing else. The output
 directory records those settings in its own ``config.toml``, so ``acp eval DIR`` uses the same split.
+
+Images are normalized with the mean/std the architecture records (the base model was trained with them),
+and the retrained model's ``arch.json`` records the preprocessing it was trained with (mean, std, input
+size, class names), so ``acp.load_pruned(DIR).preprocessing`` says how to prepare its input.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
 from acp.core.architecture import Architecture
+from acp.core.preprocessing import Preprocessing
 from acp.errors import UserError
 from acp.settings import DataSettings, FinetuneSettings, ModelSettings, RunSettings, Schedule
 from acp.train.finetune import FinetuneResult
 from acp.workflows import rundir
+
+log = logging.getLogger(__name__)
 
 
 def finetune(
@@ -47,7 +55,7 @@ def finetune(
     from acp.prune import build_space, load_architecture
     from acp.threads import available_cores
     from acp.train.finetune import finetune_model
-    from acp.workflows.problem import load_split_data
+    from acp.workflows.problem import load_split_data, normalized_as_recorded
 
     unknown = sorted(set(recipe) - {spec.name for spec in dataclasses.fields(FinetuneSettings)})
     if unknown:
@@ -73,6 +81,9 @@ def finetune(
         arch, base, space = load_architecture(arch)
     load_weights_into(base, weights)
     image_data, splits = load_split_data(data_settings)
+    image_data = normalized_as_recorded(image_data, arch.preprocessing, what="finetune")
+    if image_data.image_shape == tuple(arch.model.input_size):  # else finetune_model says what is wrong
+        arch = arch.with_preprocessing(_trained_preprocessing(arch, image_data))
     threads = settings.threads or available_cores()
     result = finetune_model(
         arch,
@@ -99,6 +110,23 @@ def finetune(
     )
     rundir.write_run_settings(Path(out_dir), recorded)
     return result
+
+
+def _trained_preprocessing(arch: Architecture, image_data) -> Preprocessing:
+    """The preprocessing the retrained model learns with: ``image_data``'s normalization and image shape,
+    and its class names (which output means which class) when they fit the model's outputs."""
+    recorded = Preprocessing.of_data(image_data)
+    carried = arch.preprocessing
+    if carried is not None and carried.class_names not in (None, recorded.class_names):
+        log.warning(
+            "finetune: the data's classes %s differ from the architecture's %s; recording the data's",
+            list(recorded.class_names)[:5],
+            list(carried.class_names)[:5],
+        )
+    num_classes = arch.model.num_classes
+    if num_classes is not None and len(recorded.class_names) != num_classes:
+        return dataclasses.replace(recorded, class_names=None)
+    return recorded
 
 
 def absolute_spec(spec: str) -> str:

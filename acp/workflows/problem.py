@@ -61,6 +61,25 @@ def load_split_data(data: DataSettings, identity: ModelIdentity | None = None, *
     return images, make_splits(images, data.split, seed=data.seed)
 
 
+def normalized_as_recorded(images, preprocessing, *, what: str):
+    """``images`` normalized with the mean/std a trained model carries (``preprocessing``; None: the
+    images' own statistics, as before acp recorded them). A model works on images prepared as it was
+    trained, not on statistics of whichever images it is given next."""
+    if preprocessing is None:
+        return images
+    if (tuple(images.mean), tuple(images.std)) != (preprocessing.mean, preprocessing.std):
+        log.info(
+            "%s: normalizing %s with the recorded mean %s / std %s (the images' own: %s / %s)",
+            what,
+            images.spec,
+            list(preprocessing.mean),
+            list(preprocessing.std),
+            list(images.mean),
+            list(images.std),
+        )
+    return images.with_normalization(preprocessing.mean, preprocessing.std)
+
+
 def resolve_settings(config_or_model: str) -> RunSettings:
     """Settings from a TOML path, or defaults for a bare model name."""
     looks_like_file = config_or_model.endswith(".toml") or Path(config_or_model).is_file()

@@ -33,6 +33,7 @@ def propose(
     network say nothing about the trained one. ``random_weights=True`` asks for that network explicitly
     (a smoke test of a config before its weights exist)."""
     from acp.core.budget import Budget
+    from acp.core.preprocessing import Preprocessing
     from acp.data import take_stratified
     from acp.propose.clustering import proposal_to_architecture, propose_widths
     from acp.propose.criteria import make_criterion
@@ -76,4 +77,4 @@ def propose(
     arch = proposal_to_architecture(
         proposal, problem.space, problem.identity, criterion, space_settings=problem.space.settings, seed=seed
     )
-    return ProposeResult(proposal, arch)
+    return ProposeResult(proposal, arch.with_preprocessing(Preprocessing.of_data(data)))

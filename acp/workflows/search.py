@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from acp.core.budget import Budget
+from acp.core.preprocessing import Preprocessing
 from acp.errors import UserError
 from acp.search.study import SearchResult, Study
 from acp.settings import RunSettings, load_settings
@@ -162,6 +163,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         settings.search,
         run_dir,
         proposal_widths=proposal_widths,
+        architecture=_with_preprocessing(evaluator.architecture, Preprocessing.of_data(data)),
         progress=progress,
         fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
         finalist_evaluator=finalist_evaluator,
@@ -173,6 +175,16 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         if not resume:
             _remove_if_nothing_evaluated(run_dir)
         raise
+
+
+def _with_preprocessing(architecture, preprocessing):
+    """``architecture(widths, **options)`` whose results record how the search's images were prepared, so
+    best_arch.json -- and every pruned model made from it -- carries its normalization."""
+
+    def architecture_with_preprocessing(widths, **options):
+        return architecture(widths, **options).with_preprocessing(preprocessing)
+
+    return architecture_with_preprocessing
 
 
 def _latency_fingerprint(latency_model) -> dict:
