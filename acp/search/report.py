@@ -11,16 +11,28 @@ import numpy as np
 def search_report(
     path: str | os.PathLike, result, rows: list[dict], full_widths, latency_budget=None
 ) -> Path:
+    """``report_figure``'s four panels, written to ``path`` atomically as a PNG."""
+    import matplotlib.pyplot as plt
+
+    from acp.fileio import atomic_write
+
+    figure = report_figure(result, rows, full_widths, latency_budget)
+    try:
+        return atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
+    finally:
+        plt.close(figure)
+
+
+def report_figure(result, rows: list[dict], full_widths, latency_budget=None):
     """Four panels: the best proxy score so far against evaluations and against wall time, every
-    evaluation (score vs MACs ratio, the finalists marked; vs *predicted latency* when ``latency_budget``,
-    a :class:`acp.core.budget.Budget` with a latency limit, is given), and the chosen architecture's width
-    per group against the full widths. Written atomically."""
+    evaluation (score vs MACs ratio, coloured by iteration 1..N, the finalists marked; vs *predicted
+    latency* when ``latency_budget``, a :class:`acp.core.budget.Budget` with a latency limit, is given),
+    and the chosen architecture's width per group against the full widths."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from acp.fileio import atomic_write
+    from matplotlib.ticker import MaxNLocator
 
     figure, ((curve, clock), (scatter, bars)) = plt.subplots(2, 2, figsize=(14, 9))
     best = np.array([np.nan if value is None else value for value in result.best_per_iteration], dtype=float)
@@ -44,6 +56,7 @@ def search_report(
                 axes.axhline(record["score"], linestyle=style, color="gray", label=name)
         axes.legend(loc="lower right", fontsize=8)
     curve.set(xlabel="evaluations", ylabel="proxy score", title="best proxy score so far")
+    curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     clock.set(xlabel=f"search wall time ({unit})", ylabel="proxy score", title="best score against time")
 
     ok = [row for row in rows if row["score"] is not None]
@@ -67,9 +80,10 @@ def search_report(
         axis_label, limit, limit_label = "MACs / base MACs", result.budget.get("flops"), "MACs budget"
     if ok:
         scores = np.array([row["score"] for row in ok])
-        colour = np.array([row["iteration"] for row in ok])
+        colour = np.array([row["iteration"] + 1 for row in ok])  # 1..N, as progress and resume count them
         points = scatter.scatter(position(ok), scores, c=colour, cmap="viridis", s=12)
-        figure.colorbar(points, ax=scatter, label="iteration")
+        colour_bar = figure.colorbar(points, ax=scatter, label="iteration")
+        colour_bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     finalists = [row for row in getattr(result, "finalists", []) if row.get("score") is not None]
     if finalists:
         scatter.scatter(
@@ -98,10 +112,7 @@ def search_report(
     bars.set(ylabel="channels", title="widths of the chosen architecture")
     bars.legend(fontsize=8)
     figure.tight_layout()
-    try:
-        return atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
-    finally:
-        plt.close(figure)
+    return figure
 
 
 def _short(group_id: str, limit: int = 18) -> str:

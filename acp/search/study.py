@@ -162,6 +162,8 @@ class Study:
         """Run until a stopping rule fires; Ctrl-C stops after the last checkpoint (KeyboardInterrupt
         propagates, the directory stays resumable)."""
         history = self._open(resume)
+        if resume:
+            log.info("%s", self._resume_message())
         backend = None
         try:
             # a run stopped by its iteration or time limit continues when resumed with a longer one
@@ -307,6 +309,22 @@ class Study:
             bar.close()
         state["stopped"] = reason
         self._checkpoint()
+
+    def _resume_message(self) -> str:
+        """What a resume is about to do: continue at iteration k of N, or only finish a stopped run."""
+        state, limit = self.state, self.settings.iteration_limit
+        of = f" of {limit}" if limit is not None else " (until the time limit)"
+        done = f"{state['evaluations']} evaluations done"
+        if state["stopped"] == "patience":
+            at = f"iteration {state['iteration']}{of}"
+            return f"resuming {self.run_dir}: it stopped for patience at {at} ({done})"
+        reason = self._stop_reason()
+        if reason is None:
+            return f"resuming {self.run_dir} at iteration {state['iteration'] + 1}{of} ({done})"
+        return (
+            f"resuming {self.run_dir}: its {reason.replace('_', ' ')} is reached at iteration "
+            f"{state['iteration']}{of} ({done}); pass a larger --iterations or --time-limit to search on"
+        )
 
     def _stop_reason(self) -> str | None:
         state, settings = self.state, self.settings

@@ -3,6 +3,8 @@ and re-ranking of the finalists before best_arch.json is written."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from acp.core.architecture import Architecture, ModelIdentity
@@ -190,3 +192,42 @@ def test_best_arch_holds_the_reranked_winner_after_every_kind_of_resume(space, t
         arch = Architecture.load(run_dir / "best_arch.json")
         assert list(arch.widths.values()) == result.best["widths"]
         assert arch.provenance["finalist_score"] == result.best["finalist_score"]
+
+
+def test_a_resume_says_where_it_continues(space, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    make_study(space, run_dir, iterations=2).run()
+    with caplog.at_level(logging.INFO, logger="acp.search.study"):
+        make_study(space, run_dir, iterations=2).run(resume=True)
+        make_study(space, run_dir, iterations=3).run(resume=True)
+    messages = [record.getMessage() for record in caplog.records]
+    messages = [message for message in messages if message.startswith("resuming")]
+    assert messages == [
+        f"resuming {run_dir}: its iterations is reached at iteration 2 of 2 (10 evaluations done); "
+        "pass a larger --iterations or --time-limit to search on",
+        f"resuming {run_dir} at iteration 3 of 3 (10 evaluations done)",
+    ]
+
+
+def test_the_report_counts_iterations_and_evaluations_in_whole_numbers(space, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from acp.search.report import report_figure
+
+    run_dir = tmp_path / "run"
+    result = make_study(space, run_dir, iterations=2).run()
+    history = store.History(run_dir / store.HISTORY_FILE)
+    try:
+        figure = report_figure(result, history.rows(), space.full_widths())
+    finally:
+        history.close()
+    try:
+        figure.canvas.draw()
+        curve, colour_bar = figure.axes[0], figure.axes[-1]
+        assert colour_bar.get_ylabel() == "iteration"
+        for ticks in (colour_bar.get_yticks(), curve.get_xticks()):
+            assert len(ticks) and all(float(tick).is_integer() for tick in ticks)
+        low, high = colour_bar.get_ylim()
+        assert (low, high) == (1, 2)  # iterations 1..N, as the progress bar and a resume count them
+    finally:
+        plt.close(figure)
