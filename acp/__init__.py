@@ -16,9 +16,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from acp.errors import UserError
-from acp.models import create_model
 
+# Imported on first use: ``import acp`` (and so every ``acp`` command, ``--help`` included) must not pay
+# for torch before it is needed.
 _LAZY = {
+    "create_model": "acp.models",
     "Architecture": "acp.core.architecture",
     "ChannelSpace": "acp.core.space",
     "materialize": "acp.prune",
