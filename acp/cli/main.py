@@ -6,8 +6,10 @@ Exit codes (contract): 0 success; 2 user error (one line on stderr, no traceback
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from acp.cli import cluster, demo, evaluate, finetune, info, latency, prune, run, search, train
 from acp.cli.common import Parser
@@ -32,9 +34,35 @@ def _version() -> str:
     return __version__
 
 
+def check_acp_is_this_package() -> None:
+    """UserError unless the ``acp`` package Python loaded is the one this command belongs to.
+
+    A folder named ``acp`` on the Python path shadows an editable install: with ``PYTHONPATH=~`` and the
+    clone at ``~/acp``, ``import acp`` finds the clone's top folder as a namespace package (no
+    ``__init__.py``), while ``acp.cli`` and the other submodules still come from the install. Nothing of
+    ``acp/__init__.py`` exists then, and the first use of it would be a traceback.
+    """
+    package = Path(__file__).resolve().parents[1]
+    loaded = sys.modules.get("acp")
+    found = getattr(loaded, "__file__", None)
+    if found and Path(found).resolve().parent == package:
+        return
+    folders = list(getattr(loaded, "__path__", None) or [found or "?"])
+    folder = Path(folders[0])
+    entries = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    if any(Path(entry).resolve() == folder.parent.resolve() for entry in entries):
+        fix = f"remove {folder.parent} from PYTHONPATH, or run acp from another folder"
+    else:
+        fix = f"{folder.parent} is on the Python path (the current directory?); run acp from another folder"
+    raise UserError(
+        f"the 'acp' Python found is the folder {folder}, not the installed acp package ({package}): " + fix
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        check_acp_is_this_package()
         args = build_parser().parse_args(argv)
         if args.verbose:
             logging.getLogger().setLevel(logging.DEBUG)

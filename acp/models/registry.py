@@ -5,7 +5,11 @@ A name is one of
 - any torchvision classification model (``resnet18``, ``mobilenet_v2``, ...), always built **without**
   downloading weights,
 - ``package.module:factory`` -- imports that module and calls the factory. This is the one place where
-  acp executes code named by the user; it is documented as such.
+  acp executes code named by the user; it is documented as such. The module is looked for in the
+  current working directory first, then on the Python path (as ``python -m`` would), so ``acp ...
+  --model mymodels:tiny`` run next to ``mymodels.py`` finds it. Like ``python -m``, the directory then
+  stays at the front of ``sys.path`` for the rest of the process: worker processes inherit the path,
+  and they import the module again when they unpickle the model.
 
 Like timm's ``_cfg``, each acp model records its default input size, its first conv and its classifier,
 so the pruner knows which layers to leave alone by default.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -135,10 +141,11 @@ def _call_factory(reference: str, kwargs: dict) -> nn.Module:
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise UserError(f"model factory {reference!r} must look like package.module:factory")
+    _put_working_directory_on_path()
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise UserError(f"model factory {reference!r}: cannot import {module_name!r} ({error})") from None
+        raise _factory_import_error(reference, module_name, error) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise UserError(f"model factory {reference!r}: {module_name} has no callable {attribute!r}")
@@ -146,3 +153,24 @@ def _call_factory(reference: str, kwargs: dict) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {reference!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _put_working_directory_on_path() -> None:
+    """The current directory at the front of ``sys.path``, where ``python -m`` and ``python -c`` put it
+    and the ``acp`` console script does not (it puts its own bin folder there)."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _factory_import_error(reference: str, module_name: str, error: ImportError) -> UserError:
+    missing = getattr(error, "name", None) or ""
+    if isinstance(error, ModuleNotFoundError) and (module_name + ".").startswith(missing + "."):
+        path = module_name.replace(".", os.sep)
+        return UserError(
+            f"model factory {reference!r}: cannot import {module_name!r}: no module {missing!r} in the "
+            f"current directory ({os.getcwd()}) nor on the Python path (PYTHONPATH and the installed "
+            f"packages); run acp from the folder that holds {path}.py (or {path}/), or add that folder to "
+            "PYTHONPATH"
+        )
+    return UserError(f"model factory {reference!r}: cannot import {module_name!r}: {error}")
