@@ -19,7 +19,7 @@ def register(commands) -> None:
         type=non_negative_int,
         help="seed of a random:F split (default: the run's [data].seed)",
     )
-    tune.add_argument("--epochs", type=positive_int, required=True)
+    tune.add_argument("--epochs", type=positive_int, help="default: the run's [finetune].epochs")
     tune.add_argument("--out", required=True, help="new directory (or existing with --resume)")
     tune.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     tune.add_argument("--distill", action="store_true", help="knowledge distillation from the unpruned model")

@@ -43,3 +43,7 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path, capsys):
     model = load_pruned(out / "pruned").eval()
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
     assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 2  # never overwrites
+    # the README's next step: finetune the demo's winner again, the recipe (epochs too) from its config
+    again = tmp_path / "again"
+    assert main(["finetune", str(out / "search" / "best_arch.json"), "--out", str(again), "--quiet"]) == 0
+    assert json.loads((again / "metrics.json").read_text())["epochs_trained"] == config.finetune.epochs
