@@ -133,6 +133,7 @@ def provenance_lines(script: str, machine: str = "", versions: dict[str, str] | 
     import datetime
     import os
     import platform
+    import shlex
     import subprocess
     import sys
 
@@ -143,7 +144,7 @@ def provenance_lines(script: str, machine: str = "", versions: dict[str, str] | 
     commit = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    command = " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+    command = shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]])  # quoted: copy-pasteable
     detail = f", {machine}" if machine else ""
     packages = {"python": platform.python_version(), "torch": torch.__version__, **(versions or {})}
     return [

@@ -122,3 +122,16 @@ def test_bench_latency_search_quick_constraint_part_runs(tmp_path):
         row["predicted_median"] <= row["budget"] + 1e-9 for row in rows if row["budget_kind"] == "latency"
     )
     assert all(row["macs_median"] <= row["budget"] for row in rows if row["budget_kind"] == "flops")
+
+
+def test_bench_startup_quick_times_every_case_without_torch(tmp_path):
+    """One repeat of each start-up case (under a second each): the table shows the saved "before" figures
+    beside the new ones, and no case imports torch."""
+    saved = tmp_path / "now.json"
+    command = [sys.executable, str(BENCHMARKS / "bench_startup.py"), "--quick", "--no-write"]
+    command += ["--json", str(saved), "--before", str(BENCHMARKS / "data" / "startup_before.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| `acp --help` | 4.84 |" in done.stdout  # the before column, from the saved figures
+    figures = json.loads(saved.read_text())["figures"]
+    assert len(figures) == 5 and not any(row["imports_torch"] for row in figures.values())
