@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"files: {out / 'search' / 'best_arch.json'} (architecture), {out / 'pruned'} (pruned model: "
         f"acp.load_pruned({str(out / 'pruned')!r})), {out / 'search' / 'report.png'} (search report), "
-        f"{out / 'demo_config.toml'} (its configuration, to edit and rerun with acp run)"
+        f"{out / 'demo_config.toml'} (its configuration, to edit and rerun with acp run), "
+        f"{out / 'digit.png'} (a validation image to try the pruned model on)"
     )
     return 0

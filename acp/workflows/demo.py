@@ -23,6 +23,9 @@ DEMO_INPUT = [3, 16, 16]
 DEMO_THREADS = 1
 
 
+SAMPLE_IMAGE = "digit.png"  # a validation image to try the pruned model on (the README's "use it" snippet)
+
+
 @dataclass(frozen=True)
 class DemoSizes:
     base_epochs: int
@@ -77,6 +80,7 @@ def run_demo(
     log.info("1/4 training the base model (%s on %s, %d epochs)", DEMO_MODEL, DEMO_DATA, sizes.base_epochs)
     data = load_data(DEMO_DATA)
     splits = make_splits(data, "random:0.2", seed=0)
+    _write_sample_image(data, splits.val, out_dir / SAMPLE_IMAGE)
     torch.manual_seed(0)
     base = create_model(DEMO_MODEL, num_classes=data.num_classes)
     base_schedule = Schedule(epochs=sizes.base_epochs, batch_size=32, lr=0.1, augment=False, seed=0)
@@ -142,3 +146,12 @@ def run_demo(
         metrics,
         time.perf_counter() - started,
     )
+
+
+def _write_sample_image(data, val_indices, path: Path) -> None:
+    """The first validation image of class "7" (any class if there is none) as a PNG of the model's size."""
+    from PIL import Image
+
+    sevens = [int(index) for index in val_indices if data.classes[data.labels[index]] == "7"]
+    index = sevens[0] if sevens else int(val_indices[0])
+    Image.fromarray(data.images[index]).save(path)

@@ -26,6 +26,7 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path, capsys):
         "pruned/weights.pt",
         "pruned/metrics.json",
         "demo_config.toml",
+        "digit.png",
     ):
         assert (out / name).is_file(), name
     assert not (out / "report.png").exists()  # one report, the search's
