@@ -7,15 +7,29 @@ A data SPEC is
 - ``digits`` or ``digits:SIZE``: scikit-learn's bundled 8x8 digits, upsampled to SIZE x SIZE (default 32)
   and replicated to 3 channels so every CIFAR model accepts them.
 
-Small images are decoded once and cached on disk as a raw uint8 array keyed by the path and every file's
-size and mtime, so an epoch over CIFAR spends its time in the model, not in JPEG decoding. Batches are
-built on tensors: index the uint8 array, convert, normalize, and (for training) augment with a random
-crop with padding and a horizontal flip drawn from an explicit ``torch.Generator``.
+An ImageFolder whose decoded size (images x H x W x 3 bytes, estimated from the file count and the first
+image's size) is within the cache limit (``[data].cache_limit_gb``, see :mod:`acp.datacache`) is decoded
+once and cached on disk as a raw uint8 array keyed by the path and every file's size and mtime, so an
+epoch over CIFAR spends its time in the model, not in JPEG decoding. A larger folder is *streamed*: its
+images are decoded when a batch needs them, by a torch DataLoader with ``[data].loader_workers`` worker
+processes; only a small description (its shape and statistics) is cached. Both are one
+:class:`ImageData`: ``tensors(indices)`` (streamed: decoded on the spot) and :func:`iterate_batches`.
+
+Batches are built on tensors: uint8 images (indexed from the array, or decoded), converted, normalized,
+and (for training) augmented with a random crop with padding and a horizontal flip drawn from an explicit
+``torch.Generator``. The order and the augmentation are drawn in the main process and workers only decode
+the batches they are handed, so the batches are bit-identical whether streamed (with any number of
+workers) or cached.
+
+All images of an ImageFolder must have one size (acp does not resize): a cached folder checks this while
+decoding, a streamed one reads every file's header once (the verdict is cached with its description);
+either way the error names the first image of another size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -27,8 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from acp.datacache import GB, default_cache_dir, image_cache_files
 from acp.errors import UserError
 from acp.fileio import atomic_write, atomic_write_json
+from acp.settings import cache_limit_gb as resolve_cache_limit
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +53,15 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # Named splits: "shared" is the split of ../shared/models (last 500 files per class are validation).
 NAMED_SPLITS = {"shared": "tail:500", "cifar10-shared": "tail:500"}
-MAX_CACHED_PIXELS = 2_000_000_000  # uint8 values; larger datasets are not cached in memory/disk this way
+STATS_SAMPLE = 10_000  # normalization statistics come from at most about this many evenly spaced images
+DESCRIPTION_FORMAT = "acp.imagefolder/1"
 
 
 @dataclass
 class ImageData:
-    """Decoded images of one data spec: uint8 ``(N, H, W, C)`` with integer labels."""
+    """Images of one data spec with integer labels: decoded, uint8 ``(N, H, W, C)``, or streamed."""
 
-    images: np.ndarray
+    images: np.ndarray | None  # None: streamed from ``stream``
     labels: np.ndarray
     classes: list[str]
     spec: str
@@ -53,8 +70,15 @@ class ImageData:
     std: tuple[float, ...] = CIFAR10_STD
     test: ImageData | None = field(default=None, repr=False)  # official test split (CIFAR format only)
 
+    stream: FolderStream | None = field(default=None, repr=False)  # set when images is None
+
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are decoded from their files when needed (no array in memory)."""
+        return self.images is None
 
     @property
     def num_classes(self) -> int:
@@ -63,13 +87,28 @@ class ImageData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) as a model sees it."""
-        _, height, width, channels = self.images.shape
+        height, width, channels = self.stream.shape if self.images is None else self.images.shape[1:]
         return (channels, height, width)
 
     def tensors(self, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized float32 NCHW images and int64 labels for ``indices`` (all when None), contiguous."""
+        """Normalized float32 NCHW images and int64 labels for ``indices`` (all when None), contiguous.
+        A streamed set decodes them (in memory: meant for slices, e.g. calibration images)."""
         indices = np.arange(len(self)) if indices is None else np.asarray(indices)
-        return self.normalize(torch.from_numpy(self.images[indices])), torch.from_numpy(self.labels[indices])
+        return self.normalize(self.uint8(indices)), torch.from_numpy(self.labels[indices])
+
+    def uint8(self, indices: np.ndarray) -> torch.Tensor:
+        """The uint8 NHWC images at ``indices``."""
+        if self.images is None:
+            return torch.from_numpy(self.stream.decode(indices))
+        return torch.from_numpy(self.images[indices])
+
+    def uint8_batches(self, chunks: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
+        """The uint8 NHWC images of each chunk of indices, in order (streamed: decoded by the workers)."""
+        if self.images is None:
+            yield from self.stream.batches(chunks)
+        else:
+            for chunk in chunks:
+                yield torch.from_numpy(self.images[chunk])
 
     def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> ImageData:
         """The same images (arrays shared, not copied) normalized with ``mean``/``std`` instead -- those a
@@ -87,8 +126,17 @@ class ImageData:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_data(spec: str, *, cache_dir: str | os.PathLike | None = None) -> ImageData:
-    """Decode the images named by ``spec`` (see module docstring); uses the on-disk cache when valid."""
+def load_data(
+    spec: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    cache_limit_gb: float | None = None,
+    loader_workers: int = 2,
+) -> ImageData:
+    """The images named by ``spec`` (see module docstring); uses the on-disk cache when valid.
+
+    ``cache_limit_gb``: an ImageFolder larger than this decoded is streamed (None: ``$ACP_CACHE_LIMIT_GB``
+    or the default, :func:`acp.datacache.cache_limit_gb`); ``loader_workers``: its decoding processes."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"data spec must be a path or 'digits', got {spec!r}")
     spec = spec.strip()
@@ -102,7 +150,7 @@ def load_data(spec: str, *, cache_dir: str | os.PathLike | None = None) -> Image
     cifar_dir = _find_cifar_dir(path)
     if cifar_dir is not None:
         return _load_cifar(cifar_dir, spec)
-    return _load_image_folder(path, spec, cache_dir)
+    return _load_image_folder(path, spec, cache_dir, cache_limit_gb, loader_workers)
 
 
 def _load_digits(spec: str) -> ImageData:
@@ -220,28 +268,45 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], np.ndarray, l
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-def decode_images(root: str | os.PathLike, files: Sequence[str], *, threads: int = 2) -> np.ndarray:
-    """Decode image files (RGB) into one uint8 ``(N, H, W, 3)`` array; all images must share a size."""
+def decode_image(root: Path, relative: str) -> np.ndarray:
+    """One image file as a uint8 RGB ``(H, W, 3)`` array -- the one decode of cached and streamed sets."""
     from PIL import Image
 
+    try:
+        with Image.open(root / relative) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as error:
+        raise UserError(f"image {root / relative} cannot be decoded: {error}") from None
+
+
+def _image_size(root: Path, relative: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(root / relative) as image:
+            return image.size
+    except Exception as error:
+        raise UserError(f"image {root / relative} cannot be decoded: {error}") from None
+
+
+def _size_error(root: Path, relative: str, first: str, size, first_size) -> UserError:
+    return UserError(
+        f"image {root / relative} is {size[0]}x{size[1]}, but {root / first} is "
+        f"{first_size[0]}x{first_size[1]}: all images must have one size"
+    )
+
+
+def decode_images(root: str | os.PathLike, files: Sequence[str], *, threads: int = 2) -> np.ndarray:
+    """Decode image files (RGB) into one uint8 ``(N, H, W, 3)`` array; all images must share a size."""
     root = Path(root)
-
-    def decode(relative: str) -> np.ndarray:
-        try:
-            with Image.open(root / relative) as image:
-                return np.asarray(image.convert("RGB"))
-        except Exception as error:
-            raise UserError(f"image {root / relative} cannot be decoded: {error}") from None
-
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        decoded = list(pool.map(decode, files, chunksize=256))
+        decoded = list(pool.map(lambda relative: decode_image(root, relative), files, chunksize=256))
     first_shape = decoded[0].shape
     for relative, image in zip(files, decoded):
         if image.shape != first_shape:
-            raise UserError(
-                f"image {root / relative} is {image.shape[1]}x{image.shape[0]}, but "
-                f"{root / files[0]} is {first_shape[1]}x{first_shape[0]}: all images must have one size"
-            )
+            size, first_size = image.shape[1::-1], first_shape[1::-1]
+            raise _size_error(root, relative, files[0], size, first_size)
     return np.ascontiguousarray(np.stack(decoded))
 
 
@@ -253,17 +318,106 @@ def _folder_fingerprint(root: Path, files: Sequence[str]) -> str:
     return digest.hexdigest()[:32]
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("ACP_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "acp"
-    )
-    return Path(base)
+# --------------------------------------------------------------------------------------------- streaming
 
 
-def _load_image_folder(root: Path, spec: str, cache_dir: str | os.PathLike | None) -> ImageData:
+class _FolderImages(torch.utils.data.Dataset):
+    """Map-style dataset of a folder's decoded images (what a DataLoader worker runs). A bad image is
+    returned as its UserError, so the main process raises it as one line, not wrapped by the worker."""
+
+    def __init__(self, root: Path, files: Sequence[str], shape: tuple[int, int, int]):
+        self.root, self.files, self.shape = root, files, shape
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        try:
+            image = decode_image(self.root, self.files[index])
+        except UserError as error:
+            return error
+        if image.shape != self.shape:
+            return _size_error(
+                self.root, self.files[index], self.files[0], image.shape[1::-1], self.shape[1::-1]
+            )
+        return image
+
+
+def _stack(items: list):
+    for item in items:
+        if isinstance(item, UserError):
+            return item
+    return torch.from_numpy(np.stack(items))
+
+
+@dataclass
+class FolderStream:
+    """How a streamed ImageFolder is read: its files, their one shape ``(H, W, 3)``, decoding workers."""
+
+    root: Path
+    files: list[str]
+    shape: tuple[int, int, int]
+    workers: int = 2
+
+    def decode(self, indices: np.ndarray, *, threads: int = 2) -> np.ndarray:
+        """The images at ``indices`` as one uint8 ``(len, H, W, 3)`` array (threads in this process)."""
+        dataset = _FolderImages(self.root, self.files, self.shape)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            decoded = list(pool.map(dataset.__getitem__, (int(i) for i in np.asarray(indices))))
+        batch = _stack(decoded) if decoded else torch.empty((0, *self.shape), dtype=torch.uint8)
+        if isinstance(batch, UserError):
+            raise batch
+        return batch.numpy()
+
+    def batches(self, chunks: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
+        """The uint8 images of each chunk, in the chunks' order, decoded by ``workers`` processes (0: here).
+        Workers only decode; which images form a batch was decided before, so the result does not depend
+        on the number of workers."""
+        if not len(chunks):
+            return
+        loader = torch.utils.data.DataLoader(
+            _FolderImages(self.root, self.files, self.shape),
+            batch_sampler=[[int(i) for i in chunk] for chunk in chunks],
+            num_workers=self.workers,
+            collate_fn=_stack,
+            # its own generator: a DataLoader draws its workers' base seed from torch's global RNG
+            # otherwise, which would shift dropout & co. against the cached path (workers draw nothing)
+            generator=torch.Generator().manual_seed(0),
+        )
+        for batch in loader:
+            if isinstance(batch, UserError):
+                raise batch
+            yield batch
+
+
+# --------------------------------------------------------------------------------------------- folders
+
+
+def _load_image_folder(
+    root: Path,
+    spec: str,
+    cache_dir: str | os.PathLike | None,
+    limit_gb: float | None,
+    loader_workers: int,
+) -> ImageData:
     files, labels, classes = list_image_folder(root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache_root / f"imagefolder-{_folder_fingerprint(root, files)}.npy"
+    key = _folder_fingerprint(root, files)
+    cache_file, description_file = image_cache_files(cache_root, key)
+    limit, limit_source = resolve_cache_limit(limit_gb)
+    width, height = _image_size(root, files[0])
+    shape = (height, width, 3)
+    decoded_bytes = len(files) * height * width * 3
+    if decoded_bytes > limit * GB:
+        log.info(
+            "streaming %d images under %s: %.2f GB decoded is over the cache limit of %g GB (%s)",
+            len(files),
+            root,
+            decoded_bytes / GB,
+            limit,
+            limit_source,
+        )
+        return _streamed_folder(root, spec, files, labels, classes, shape, description_file, loader_workers)
     images = None
     if cache_file.is_file():
         try:
@@ -277,29 +431,107 @@ def _load_image_folder(root: Path, spec: str, cache_dir: str | os.PathLike | Non
     if images is None:
         log.info("decoding %d images under %s (cached afterwards in %s)", len(files), root, cache_root)
         images = decode_images(root, files)
-        if images.size <= MAX_CACHED_PIXELS:
-            try:
-                atomic_write(
-                    cache_file, lambda stream: np.save(stream, images, allow_pickle=False), binary=True
-                )
-            except OSError as error:  # a read-only home must not stop training
-                log.warning("could not write image cache %s: %s", cache_file, error)
+        try:
+            atomic_write(cache_file, lambda stream: np.save(stream, images, allow_pickle=False), binary=True)
+            _write_description(description_file, root, files, images.shape[1:], "cached")
+        except OSError as error:  # a read-only home must not stop training
+            log.warning("could not write image cache %s: %s", cache_file, error)
     mean, std = (
-        (CIFAR10_MEAN, CIFAR10_STD) if _looks_like_cifar10(classes, images) else _channel_stats(images)
+        (CIFAR10_MEAN, CIFAR10_STD)
+        if _looks_like_cifar10(classes, images.shape[1:])
+        else _channel_stats(images)
     )
     return ImageData(images, labels, classes, spec, files=files, mean=mean, std=std)
+
+
+def _write_description(path: Path, root: Path, files, shape, mode: str, **more) -> None:
+    document = {
+        "format": DESCRIPTION_FORMAT,
+        "root": str(root.resolve()),
+        "mode": mode,
+        "images": len(files),
+        "shape": [int(v) for v in shape],
+        "decoded_bytes": int(len(files) * int(np.prod(shape))),
+        **more,
+    }
+    atomic_write_json(path, document)
+
+
+def _streamed_folder(root, spec, files, labels, classes, shape, description_file, workers) -> ImageData:
+    stream = FolderStream(root, files, shape, workers)
+    described = _read_description(description_file, shape, len(files))
+    if described is not None:
+        mean, std = tuple(described["mean"]), tuple(described["std"])
+    else:
+        _check_sizes(root, files, shape)
+        if _looks_like_cifar10(classes, shape):
+            mean, std = CIFAR10_MEAN, CIFAR10_STD
+        else:
+            mean, std = _streamed_stats(stream)
+        try:
+            _write_description(
+                description_file, root, files, shape, "streamed", mean=list(mean), std=list(std)
+            )
+        except OSError as error:
+            log.warning("could not write image cache description %s: %s", description_file, error)
+    return ImageData(None, labels, classes, spec, files=files, mean=mean, std=std, stream=stream)
+
+
+def _read_description(path: Path, shape, count: int) -> dict | None:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fits = (
+        isinstance(document, dict)
+        and document.get("format") == DESCRIPTION_FORMAT
+        and document.get("mode") == "streamed"
+        and document.get("shape") == list(shape)
+        and document.get("images") == count
+        and all(len(document.get(name) or []) == 3 for name in ("mean", "std"))
+    )
+    return document if fits else None
+
+
+def _check_sizes(root: Path, files: Sequence[str], shape, *, threads: int = 2) -> None:
+    """UserError naming the first image whose size is not ``shape`` (headers only: no decoding)."""
+    expected = (shape[1], shape[0])
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for relative, size in zip(files, pool.map(lambda f: _image_size(root, f), files, chunksize=256)):
+            if tuple(size) != expected:
+                raise _size_error(root, relative, files[0], size, expected)
+
+
+def _stats_sample(count: int) -> np.ndarray:
+    return np.arange(0, count, max(1, count // STATS_SAMPLE))
+
+
+def _streamed_stats(stream: FolderStream, chunk: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the evenly spaced sample :func:`_channel_stats` uses, from exact integer
+    sums over chunks (so not even the last float bit depends on how the sample is read)."""
+    sample = _stats_sample(len(stream.files))
+    total = np.zeros(3, dtype=np.int64)
+    squares = np.zeros(3, dtype=np.int64)
+    for start in range(0, len(sample), chunk):
+        images = stream.decode(sample[start : start + chunk])
+        total += images.sum(axis=(0, 1, 2), dtype=np.int64)
+        squares += np.square(images, dtype=np.uint16).sum(axis=(0, 1, 2), dtype=np.int64)
+    values = len(sample) * stream.shape[0] * stream.shape[1]
+    mean = total / values / 255.0
+    std = np.sqrt(np.maximum(squares / values / 255.0**2 - mean**2, 0.0))
+    return tuple(round(float(v), 4) for v in mean), tuple(round(max(float(v), 1e-3), 4) for v in std)
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _looks_like_cifar10(classes: list[str], images: np.ndarray) -> bool:
+def _looks_like_cifar10(classes: list[str], shape: tuple[int, ...]) -> bool:
     # The shared base models were trained with the canonical CIFAR-10 statistics; use them exactly.
-    return classes == CIFAR10_CLASSES and images.shape[1:] == (32, 32, 3)
+    return classes == CIFAR10_CLASSES and tuple(shape) == (32, 32, 3)
 
 
 def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    sample = images[:: max(1, len(images) // 10000)].astype(np.float64) / 255.0
+    sample = images[_stats_sample(len(images))].astype(np.float64) / 255.0
     mean = sample.mean(axis=(0, 1, 2))
     std = sample.std(axis=(0, 1, 2))
     return tuple(round(float(v), 4) for v in mean), tuple(round(max(float(v), 1e-3), 4) for v in std)
@@ -458,16 +690,17 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalized (images, labels) batches; randomness only from ``generator``."""
+    """Yield normalized (images, labels) batches; randomness only from ``generator`` (drawn here, in the
+    main process: a streamed set's workers only decode the batches they are given)."""
     indices = np.asarray(indices)
     if (shuffle or augmented) and generator is None:
         raise ValueError("shuffle/augment need an explicit torch.Generator")
     if shuffle:
         indices = indices[torch.randperm(len(indices), generator=generator).numpy()]
     stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
-        chunk = indices[start : start + batch_size]
-        images, labels = data.tensors(chunk)
+    chunks = [indices[start : start + batch_size] for start in range(0, stop, batch_size)]
+    for chunk, uint8 in zip(chunks, data.uint8_batches(chunks)):
+        images, labels = data.normalize(uint8), torch.from_numpy(data.labels[chunk])
         if augmented:
             images = augment(images, generator)
         yield images, labels

@@ -78,6 +78,10 @@ def optional(rule: tuple[Callable, str]):
 
 NONE = type(None)
 DEFAULT_ITERATIONS = 30  # [search].iterations when neither it nor a time limit is given
+# [data].cache_limit_gb when neither it nor $ACP_CACHE_LIMIT_GB is set: CIFAR-size sets (0.15 GB) and
+# Tiny-ImageNet (1.2 GB) are cached as one array held in memory; ImageNet-size folders (~190 GB) stream.
+DEFAULT_CACHE_LIMIT_GB = 4.0
+CACHE_LIMIT_ENV = "ACP_CACHE_LIMIT_GB"
 POSITIVE = at_least(1)
 NON_NEGATIVE = at_least(0)
 RATIO = within(0.0, 1.0, open_low=True)
@@ -91,6 +95,23 @@ _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?"
     r"\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$"
 )
+
+
+def cache_limit_gb(configured: float | None = None) -> tuple[float, str]:
+    """(limit in GB, where it comes from): ``configured`` ([data].cache_limit_gb), else
+    ``$ACP_CACHE_LIMIT_GB``, else the default. A bad environment value is a UserError naming it."""
+    if configured is not None:
+        return float(configured), "[data].cache_limit_gb"
+    text = os.environ.get(CACHE_LIMIT_ENV)
+    if text is None or not text.strip():
+        return DEFAULT_CACHE_LIMIT_GB, "default"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"${CACHE_LIMIT_ENV} = {text!r} is not allowed (expected a number of GB >= 0)")
+    return value, f"${CACHE_LIMIT_ENV}"
 
 
 def parse_duration(text: str | float | int | None, what: str = "--time-limit") -> float | None:
@@ -278,6 +299,14 @@ class DataSettings(Section):
     spec: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True)
     split: str = setting("auto", str, lambda v: bool(SPLIT_PATTERN.match(v)), SPLIT_WORDING)
     seed: int = setting(0, int, *NON_NEGATIVE)  # the split's seed (random:F) and the proxy slices' seed
+    # An ImageFolder whose decoded size (images x H x W x 3 bytes) is over this many GB is not decoded into
+    # one cached array but streamed from its files (loader_workers decoding processes). Unset:
+    # $ACP_CACHE_LIMIT_GB, else DEFAULT_CACHE_LIMIT_GB. Streamed and cached batches are bit-identical, so
+    # both are execution settings (a resumed run may change them).
+    cache_limit_gb: float | None = setting(
+        None, (float, NONE), *optional(within(0, math.inf)), execution=True
+    )
+    loader_workers: int = setting(2, int, *NON_NEGATIVE, execution=True)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ UNITS = {
     "acp.threads": "utilities",
     "acp.models": "models",
     "acp.data": "data",
+    "acp.datacache": "utilities",
     "acp.core": "core",
     "acp.prune": "tools",
     "acp.latency": "tools",

@@ -68,7 +68,11 @@ def evaluate(
     run = rundir.run_settings_near(arch) if arch is not None else None
     base_data = run.data if run is not None else DataSettings()
     data_settings = base_data.replace(spec=data, split=split_method, seed=split_seed)
-    images = load_data(data_settings.spec)
+    images = load_data(
+        data_settings.spec,
+        cache_limit_gb=data_settings.cache_limit_gb,
+        loader_workers=data_settings.loader_workers,
+    )
     splits = make_splits(images, data_settings.split, seed=data_settings.seed)
     if arch is not None:
         network, recorded = _pruned_model(arch, weights)

@@ -46,7 +46,7 @@ def load_split_data(data: DataSettings, identity: ModelIdentity | None = None, *
 
     if data.spec is None:
         raise UserError(f"{source}: [data].spec is required for this command")
-    images = load_data(data.spec)
+    images = load_data(data.spec, cache_limit_gb=data.cache_limit_gb, loader_workers=data.loader_workers)
     if identity is not None:
         if images.image_shape != tuple(identity.input_size):
             raise UserError(
