@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from acp.cli import cluster, demo, evaluate, finetune, info, latency, prune, run, search, train
+from acp.cli import cache, cluster, demo, evaluate, finetune, info, latency, prune, run, search, train
 from acp.cli.common import Parser
 from acp.errors import UserError, one_line
 
-COMMANDS = (demo, train, evaluate, info, latency, cluster, search, run, prune, finetune)
+COMMANDS = (demo, train, evaluate, info, latency, cluster, search, run, prune, finetune, cache)
 
 
 def build_parser() -> Parser:
