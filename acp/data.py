@@ -53,7 +53,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # Named splits: "shared" is the split of ../shared/models (last 500 files per class are validation).
 NAMED_SPLITS = {"shared": "tail:500", "cifar10-shared": "tail:500"}
-STATS_SAMPLE = 10_000  # normalization statistics come from at most about this many evenly spaced images
+STATS_SAMPLE = 10_000  # statistics: every k-th image, k = max(1, N // STATS_SAMPLE) (10,000-20,000 of N)
 DESCRIPTION_FORMAT = "acp.imagefolder/1"
 
 
@@ -467,7 +467,7 @@ def _streamed_folder(root, spec, files, labels, classes, shape, description_file
         if _looks_like_cifar10(classes, shape):
             mean, std = CIFAR10_MEAN, CIFAR10_STD
         else:
-            mean, std = _streamed_stats(stream)
+            mean, std = _sample_stats(stream.decode, len(files))
         try:
             _write_description(
                 description_file, root, files, shape, "streamed", mean=list(mean), std=list(std)
@@ -502,26 +502,6 @@ def _check_sizes(root: Path, files: Sequence[str], shape, *, threads: int = 2) -
                 raise _size_error(root, relative, files[0], size, expected)
 
 
-def _stats_sample(count: int) -> np.ndarray:
-    return np.arange(0, count, max(1, count // STATS_SAMPLE))
-
-
-def _streamed_stats(stream: FolderStream, chunk: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the evenly spaced sample :func:`_channel_stats` uses, from exact integer
-    sums over chunks (so not even the last float bit depends on how the sample is read)."""
-    sample = _stats_sample(len(stream.files))
-    total = np.zeros(3, dtype=np.int64)
-    squares = np.zeros(3, dtype=np.int64)
-    for start in range(0, len(sample), chunk):
-        images = stream.decode(sample[start : start + chunk])
-        total += images.sum(axis=(0, 1, 2), dtype=np.int64)
-        squares += np.square(images, dtype=np.uint16).sum(axis=(0, 1, 2), dtype=np.int64)
-    values = len(sample) * stream.shape[0] * stream.shape[1]
-    mean = total / values / 255.0
-    std = np.sqrt(np.maximum(squares / values / 255.0**2 - mean**2, 0.0))
-    return tuple(round(float(v), 4) for v in mean), tuple(round(max(float(v), 1e-3), 4) for v in std)
-
-
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -531,9 +511,22 @@ def _looks_like_cifar10(classes: list[str], shape: tuple[int, ...]) -> bool:
 
 
 def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    sample = images[_stats_sample(len(images))].astype(np.float64) / 255.0
-    mean = sample.mean(axis=(0, 1, 2))
-    std = sample.std(axis=(0, 1, 2))
+    return _sample_stats(lambda indices: images[indices], len(images))
+
+
+def _sample_stats(read, count: int, chunk: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std (rounded to 4 places) of every k-th of ``count`` images (k = count //
+    ``STATS_SAMPLE``, at least 1), ``read(indices)`` giving them as uint8 NHWC. Exact integer sums over
+    chunks: the same figures for a cached and a streamed set, whatever the chunks, in bounded memory."""
+    sample = np.arange(0, count, max(1, count // STATS_SAMPLE))
+    total, squares, values = np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), 0
+    for start in range(0, len(sample), chunk):
+        images = read(sample[start : start + chunk])
+        total += images.sum(axis=(0, 1, 2), dtype=np.int64)
+        squares += np.square(images, dtype=np.uint16).sum(axis=(0, 1, 2), dtype=np.int64)
+        values += images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / values / 255.0
+    std = np.sqrt(np.maximum(squares / values / 255.0**2 - mean**2, 0.0))
     return tuple(round(float(v), 4) for v in mean), tuple(round(max(float(v), 1e-3), 4) for v in std)
 
 
