@@ -135,3 +135,16 @@ def test_bench_startup_quick_times_every_case_without_torch(tmp_path):
     assert "| `acp --help` | 4.84 |" in done.stdout  # the before column, from the saved figures
     figures = json.loads(saved.read_text())["figures"]
     assert len(figures) == 5 and not any(row["imports_torch"] for row in figures.values())
+
+
+def test_bench_data_quick_reads_a_folder_cached_and_streamed(tmp_path):
+    """40 generated 224-px JPEGs read as the cached array and streamed with 0, 1 and 2 workers (the script
+    itself checks that every way gives the same batches); RESULTS.md is not touched."""
+    shared_file("data", "cifar10", "train", "airplane", "0000.jpg")
+    command = [sys.executable, str(BENCHMARKS / "bench_data.py"), "--quick", "--no-write"]
+    command += ["--folder", str(tmp_path / "folder")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ways = ("cached array", "streamed, 0 loader workers", "streamed, 1 loader worker", "streamed, 2 loader")
+    assert all(f"| {way}" in done.stdout for way in ways), done.stdout
+    assert len(list((tmp_path / "folder").rglob("*.jpg"))) == 40
