@@ -32,6 +32,7 @@ from acp.core.preprocessing import Preprocessing
 from acp.core.space import ChannelSpace
 from acp.errors import UserError
 from acp.fileio import atomic_torch_save, load_weights_into
+from acp.models.detection import traced_network
 from acp.settings import SpaceSettings
 
 log = logging.getLogger(__name__)
@@ -124,12 +125,13 @@ def materialize_with_torch_pruning(model: nn.Module, arch: Architecture) -> nn.M
     modes = {name: module.training for name, module in pruned.named_modules()}
     with torch.enable_grad():
         example = example_input(arch.model).to(next(pruned.parameters()).device)
-        graph = tp.DependencyGraph().build_dependency(pruned, (example,), verbose=False)
+        network = traced_network(pruned)  # a detector's backbone and heads, sharing its modules
+        graph = tp.DependencyGraph().build_dependency(network, (example,), verbose=False)
     for choice in arch.groups:
         remove = sorted(set(range(choice.full_width)) - set(choice.keep))
         if not remove:
             continue
-        root = pruned.get_submodule(choice.id)
+        root = network.get_submodule(choice.id)
         pruner = graph.get_pruner_of_module(root)
         graph.get_pruning_group(root, pruner.prune_out_channels, remove).prune()
     for name, module in pruned.named_modules():

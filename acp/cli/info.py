@@ -26,6 +26,7 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from acp.cli.common import print_table
+    from acp.models.detection import describe_network
     from acp.workflows.latency import cached_latency_model, group_shares, latency_model_for
     from acp.workflows.problem import load_problem, resolve_settings
 
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         f"model {problem.identity.name}  input {'x'.join(map(str, problem.identity.input_size))}  "
         f"weights {problem.weights or '(random init)'}"
     )
+    network = describe_network(problem.model, problem.identity.input_size)
+    if network is not None:
+        print(network)
     print(
         f"base: {space.base_macs:,} MACs (= 'FLOPs' as pruning papers count them), "
         f"{space.base_params:,} params"

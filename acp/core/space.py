@@ -27,6 +27,7 @@ from acp.core import costs
 from acp.core import graph as _graph
 from acp.core.layers import ComputeLayer, ElementwiseCall, collect_layers
 from acp.errors import UserError
+from acp.models.detection import traced_network
 from acp.settings import SpaceSettings
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,10 @@ class ChannelSpace:
         ``ignored_layers``: module names or fnmatch globs whose output channels must not change (the
         layers producing the model output are always added). A group is searchable when none of its
         layers is ignored, acp can slice all of them, and its allowed widths are more than one.
-        ``model_name`` names the model in errors (default: its class name).
+        ``model_name`` names the model in errors (default: its class name). A torchvision detector is
+        traced through its network view (:func:`acp.models.detection.traced_network`: backbone and heads
+        on a batch of ``example_input``'s shape, under the detector's own module names), so the space
+        slices the detector itself.
         """
         checked = SpaceSettings(round_to=round_to, min_keep=min_keep)  # the one place ranges are checked
         round_to, min_keep = checked.round_to, checked.min_keep
@@ -135,7 +139,8 @@ class ChannelSpace:
             raise UserError("example_input: expected a tensor of shape (batch, channels, ...)")
         device = next(model.parameters(), example_input).device
         example = torch.zeros((1, *example_input.shape[1:]), dtype=example_input.dtype, device=device)
-        analysis = _graph.analyze(model, example, list(ignored_layers), model_name)
+        network = traced_network(model)
+        analysis = _graph.analyze(network, example, list(ignored_layers), model_name)
 
         searchable: list[int] = []
         fixed: list[FixedGroup] = []

@@ -4,6 +4,9 @@ A name is one of
 - acp's own CIFAR models (``resnet20_cifar``, ``vgg16_bn_cifar``, ``mobilenetv2_cifar``, ...),
 - any torchvision classification model (``resnet18``, ``mobilenet_v2``, ...), always built **without**
   downloading weights,
+- torchvision's box detectors (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``, ...; see
+  :mod:`acp.models.detection`, which also says which part of a detector acp traces), built without the
+  detector's or the backbone's pretrained weights,
 - ``package.module:factory`` -- imports that module and calls the factory. This is the one place where
   acp executes code named by the user; it is documented as such. The module is looked for in the
   current working directory first, then on the Python path (as ``python -m`` would), so ``acp ...
@@ -28,6 +31,7 @@ from functools import partial
 from torch import nn
 
 from acp.errors import UserError
+from acp.models import detection
 from acp.models.cifar_resnet import resnet_cifar
 from acp.models.mobilenetv2_cifar import mobilenetv2_cifar
 from acp.models.vgg_cifar import VGGCifar
@@ -74,7 +78,7 @@ def is_factory_reference(name: str) -> bool:
 
 def available_models() -> list[str]:
     """Every name ``create_model`` accepts (besides ``package.module:factory``)."""
-    return sorted(ACP_MODELS) + torchvision_model_names()
+    return sorted(ACP_MODELS) + torchvision_model_names() + detection.detector_names()
 
 
 def model_card(name: str) -> ModelCard | None:
@@ -82,11 +86,15 @@ def model_card(name: str) -> ModelCard | None:
     return ACP_MODELS.get(name)
 
 
-def default_input_size(name: str) -> tuple[int, int, int] | None:
-    """(channels, height, width) the model expects by default, if known."""
+def default_input_size(name: str, kwargs: dict | None = None) -> tuple[int, int, int] | None:
+    """(channels, height, width) the model expects by default, if known. For a detector: the size of the
+    tensor its transform hands the network for a square image (built with ``kwargs``, which may change
+    the transform's ``min_size``), see :func:`acp.models.detection.network_input_size`."""
     card = ACP_MODELS.get(name)
     if card is not None:
         return card.input_size
+    if name in detection.DETECTORS:
+        return detection.detector_input_size(name, kwargs)
     if not is_factory_reference(name) and name in torchvision_model_names():
         return (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
     return None
@@ -103,6 +111,8 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     card = ACP_MODELS.get(name)
     if card is not None:
         return _build(name, card.factory, {**card.defaults, **kwargs})
+    if name in detection.DETECTORS:
+        return detection.create_detector(name, kwargs)
     if name in torchvision_model_names():
         import torchvision.models
 
@@ -117,16 +127,22 @@ def check_model_name(name: str) -> None:
     """UserError (with close matches) unless ``create_model`` knows ``name``; factories are not imported."""
     if not isinstance(name, str) or not name:
         raise UserError(f"model name must be a non-empty string, got {name!r}")
-    if not is_factory_reference(name) and name not in ACP_MODELS and name not in torchvision_model_names():
+    if is_factory_reference(name) or name in ACP_MODELS or name in detection.DETECTORS:
+        return
+    if name not in torchvision_model_names():
         raise _unknown_model(name)
 
 
 def _unknown_model(name: str) -> UserError:
+    unsupported = detection.unsupported_detector(name)
+    if unsupported is not None:
+        return unsupported
     close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return UserError(
         f"unknown model {name!r}{hint} (acp models: {', '.join(sorted(ACP_MODELS))}; "
-        "any torchvision classification model; or package.module:factory)"
+        "any torchvision classification model; torchvision detectors: "
+        f"{', '.join(detection.detector_names())}; or package.module:factory)"
     )
 
 

@@ -94,7 +94,7 @@ def model_identity(settings: RunSettings) -> ModelIdentity:
         check_model_name(model.name)
     except UserError as error:
         raise UserError(f"{settings.source}: [model].name: {error}") from None
-    input_size = model.input_size or default_input_size(model.name)
+    input_size = model.input_size or default_input_size(model.name, dict(model.kwargs))
     if input_size is None:
         raise UserError(f"{settings.source}: [model].input_size is required for {model.name!r}")
     return ModelIdentity(model.name, model.num_classes, tuple(input_size), dict(model.kwargs))
