@@ -166,9 +166,23 @@ class DetectionData:
                 f"data {self.spec}: {len(self.pixels)} pixel arrays for {len(self.images)} images"
             )
         for image in self.images:
-            labels = image.labels
+            where = image.source or f"data {self.spec} image {image.image_id}"
+            labels, boxes = image.labels, image.boxes
             if len(labels) and (labels.min() < 1 or labels.max() >= len(self.classes)):
-                raise UserError(f"{image.source or self.spec}: label outside 1..{len(self.classes) - 1}")
+                raise UserError(f"{where}: label outside 1..{len(self.classes) - 1}")
+            inside = (
+                (boxes[:, 0] >= 0)
+                & (boxes[:, 1] >= 0)
+                & (boxes[:, 2] <= image.width)
+                & (boxes[:, 3] <= image.height)
+                & (boxes[:, 2] > boxes[:, 0])
+                & (boxes[:, 3] > boxes[:, 1])
+            )
+            if not inside.all():
+                box = boxes[np.flatnonzero(~inside)[0]].tolist()
+                raise UserError(
+                    f"{where}: box {box} is empty or outside its {image.width}x{image.height} image"
+                )
 
     def __len__(self) -> int:
         return len(self.images)
