@@ -186,6 +186,6 @@ def load_shapes(spec: str) -> DetectionData:
     """The data set named by ``shapes`` or ``shapes:SIZE``."""
     size_text = spec.partition(":")[2] or str(SHAPES_SIZE)
     low, high = SHAPES_SIZES
-    if not size_text.isdigit() or not low <= int(size_text) <= high:
+    if not (size_text.isascii() and size_text.isdigit()) or not low <= int(size_text) <= high:
         raise UserError(f"data spec {spec!r}: SIZE must be an integer in [{low}, {high}], e.g. shapes:64")
     return generate_shapes(SHAPES_IMAGES, int(size_text))

@@ -34,7 +34,7 @@ def make_detection_splits(data: DetectionData, method: str = "auto", *, seed: in
     count = len(data)
     is_val = np.zeros(count, dtype=bool)
     if kind == "tail":
-        if not argument.isdigit() or not 1 <= int(argument) < count:
+        if not (argument.isascii() and argument.isdigit()) or not 1 <= int(argument) < count:
             raise UserError(f"split {method!r}: tail:K needs a whole number 1 <= K < {count} (the images)")
         is_val[count - int(argument) :] = True
     elif kind == "random":

@@ -176,7 +176,7 @@ def _number(element: Element, name: str, where: str) -> float:
 
 def _size(element: Element, name: str, where: str) -> int:
     text = _text(element, name, where)
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise UserError(f"{where}/{name}: expected a positive whole number of pixels, got {text!r}")
     return int(text)
 

@@ -86,7 +86,7 @@ def test_tensors_for_a_detector(shapes):
     assert target["boxes"].shape == (3, 4) and target["labels"].tolist() == [3, 3, 1]
 
 
-@pytest.mark.parametrize("spec", ["shapes:16", "shapes:1000", "shapes:x", "shapes:-64"])
+@pytest.mark.parametrize("spec", ["shapes:16", "shapes:1000", "shapes:x", "shapes:-64", "shapes:²"])
 def test_bad_shapes_specs(spec):
     with pytest.raises(UserError, match=r"SIZE must be an integer in \[32, 256\], e.g. shapes:64"):
         load_detection_data(spec)

@@ -119,6 +119,10 @@ BAD_ANNOTATIONS = {
         _replace("<width>40</width>", "<width>forty</width>"),
         "annotation/size/width: expected a positive whole number of pixels, got 'forty'",
     ),
+    "size in superscript digits": (
+        _replace("<height>30</height>", "<height>³</height>"),
+        "annotation/size/height: expected a positive whole number of pixels, got '³'",
+    ),
     "size disagrees with the image": (
         {"width": 50},
         "000001.xml: annotation/size: says the image is 50x30, but .*000001.jpg is 40x30",
