@@ -12,7 +12,7 @@ from acp.cli import main
 from acp.core.architecture import ModelIdentity
 from acp.models import create_model, default_input_size
 from acp.models.detection import head_maps, traced_network
-from acp.prune import build_space, materialize, parameter_count
+from acp.prune import build_space, materialize, materialize_with_torch_pruning, parameter_count
 from acp.testing import random_architecture
 
 # Small heads (4 classes) and, for Faster R-CNN, a 320-pixel transform and 50 proposals keep these fast.
@@ -167,3 +167,64 @@ def test_unknown_or_unsupported_detector_is_a_user_error(capsys, name, expected)
 def test_detectors_are_built_without_downloading_weights():
     with pytest.raises(Exception, match="never downloads weights"):
         create_model("ssdlite320_mobilenet_v3_large", weights_backbone="DEFAULT")
+
+
+SMALL = {"min_size": 256, "max_size": 256}  # the R-CNN family's transform at 256 pixels, to save time
+EVERY_DETECTOR = {
+    "ssdlite320_mobilenet_v3_large": ({}, (3, 320, 320)),
+    "ssd300_vgg16": ({}, (3, 300, 300)),
+    "retinanet_resnet50_fpn": (SMALL, (3, 256, 256)),
+    "fasterrcnn_mobilenet_v3_large_fpn": ({**SMALL, "rpn_post_nms_top_n_test": 20}, (3, 256, 256)),
+    "fcos_resnet50_fpn": (SMALL, (3, 256, 256)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EVERY_DETECTOR))
+def test_every_listed_detector_prunes_to_its_predicted_cost(name):
+    kwargs, size = EVERY_DETECTOR[name]
+    assert default_input_size(name, kwargs) == size
+    identity = ModelIdentity(name, 4, size, kwargs)
+    model, space = build_space(identity)
+    assert len(space.groups) >= 10
+    assert not producers(space) & set(space.classifiers)
+    arch = random_architecture(space, identity, np.random.default_rng(5))
+    pruned = materialize(model, arch, space).eval()
+    assert counted(traced_network(pruned), identity) == (arch.macs, arch.params)
+    # square: the R-CNN family's transform hands the network a square tensor for it (SSD: any image)
+    image = torch.rand(3, 200, 200, generator=torch.Generator().manual_seed(2))
+    if not name.startswith("fasterrcnn"):  # the box head of Faster R-CNN runs on however many proposals
+        macs, params = tp.utils.count_ops_and_params(pruned, ([image],))
+        assert (int(macs), int(params)) == (arch.macs, arch.params)
+    with torch.no_grad():
+        (detections,) = pruned([image])
+    assert detections["boxes"].shape[1:] == (4,) and detections["scores"].shape == detections["labels"].shape
+
+
+def test_torch_pruning_reference_path_prunes_a_detector_the_same_way(ssdlite):
+    model, space = ssdlite
+    arch = random_architecture(space, SSDLITE, np.random.default_rng(11))
+    fast = materialize(model, arch, space).state_dict()
+    reference = materialize_with_torch_pruning(model, arch).state_dict()
+    assert fast.keys() == reference.keys()
+    assert all(torch.equal(fast[key], reference[key]) for key in fast)
+
+
+def test_own_detector_from_a_factory(tmp_path, monkeypatch):
+    """package.module:factory returning a torchvision detector (here: a small SSDlite) gets the network
+    view too; its input size is the one [model].input_size gives."""
+    (tmp_path / "mydetector.py").write_text(
+        "from torchvision.models.detection import ssdlite320_mobilenet_v3_large\n"
+        "def build(num_classes=3):\n"
+        "    return ssdlite320_mobilenet_v3_large(\n"
+        "        weights=None, weights_backbone=None, num_classes=num_classes, width_mult=0.5\n"
+        "    )\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    identity = ModelIdentity("mydetector:build", 3, (3, 320, 320), {})
+    model, space = build_space(identity)
+    assert any(name.startswith("backbone.extra.") for name in producers(space))
+    assert all(name.startswith("head.") for name in space.classifiers)
+    arch = random_architecture(space, identity, np.random.default_rng(0))
+    assert counted(traced_network(materialize(model, arch, space)), identity) == (arch.macs, arch.params)
