@@ -237,14 +237,17 @@ def describe_network(model: nn.Module, input_size) -> str | None:
     sees = network_input_size(model)
     seen = "x".join(map(str, sees))
     what = (
-        f"backbone + rpn.head + box head on {boxes_per_image(model)} boxes per image (the RPN's test-time "
-        "maximum)"
+        f"backbone + rpn.head + box head on {boxes_per_image(model)} boxes per image, the RPN's test-time "
+        "maximum"
         if family == "FasterRCNN"
         else "backbone + head"
     )
-    note = "" if tuple(sees) == tuple(input_size) else f" (a square image of the transform's size: {seen})"
+    transform = type(model.transform).__name__
+    if tuple(sees) == tuple(input_size):
+        where = f"what its {transform} hands the network for a square image"
+    else:
+        where = f"[model].input_size; its {transform} hands the network {seen} for a square image"
     return (
-        f"detector {type(model).__name__}: MACs/params of its network ({what}) on a {size} tensor, the size "
-        f"its {type(model.transform).__name__} hands the network{note}; the resize/normalize, anchors, box "
-        "decoding and NMS are not counted"
+        f"detector {type(model).__name__}: MACs/params of its network ({what}) on a {size} tensor ({where}); "
+        "the resize/normalize, anchors, box decoding and NMS are not counted"
     )

@@ -144,7 +144,7 @@ def test_acp_info_prints_a_detectors_groups(capsys):
     assert main(["info", "ssdlite320_mobilenet_v3_large"]) == 0
     out = capsys.readouterr().out
     assert "input 3x320x320" in out
-    assert "detector SSD" in out and "320x320 tensor" in out
+    assert "detector SSD" in out and "3x320x320 tensor (what its GeneralizedRCNNTransform hands" in out
     assert "searchable channel groups" in out
     assert "head.classification_head.module_list.0.1" in out  # a predictor, kept at full width
 
