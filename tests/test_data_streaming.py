@@ -198,6 +198,15 @@ def test_acp_cache_info_and_clear(tmp_path, monkeypatch, capsys):
     assert not load_data(str(small)).streamed  # decoded and cached again after a clear
     assert len(list(cache.glob("*.npy"))) == 1
 
+    # --dir names another cache directory, before or after the action
+    other = tmp_path / "other"
+    load_data(str(small), cache_dir=other)
+    assert main(["cache", "info", "--dir", str(other)]) == 0
+    assert f"cache directory: {other}" in capsys.readouterr().out
+    assert main(["cache", "--dir", str(other), "clear"]) == 0
+    assert "removed 2 file(s)" in capsys.readouterr().out and list(other.iterdir()) == []
+    assert len(list(cache.glob("*.npy"))) == 1
+
 
 def test_a_bad_cache_limit_in_the_environment_is_exit_2_naming_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACP_CACHE_DIR", str(tmp_path))
