@@ -157,7 +157,7 @@ def _load_digits(spec: str) -> ImageData:
     from sklearn.datasets import load_digits
 
     size_text = spec.partition(":")[2] or "32"
-    if not size_text.isdigit() or not 8 <= int(size_text) <= 256:
+    if not (size_text.isascii() and size_text.isdigit()) or not 8 <= int(size_text) <= 256:
         raise UserError(f"data spec {spec!r}: size must be an integer in [8, 256], e.g. digits:16")
     size = int(size_text)
     digits = load_digits()
@@ -571,7 +571,7 @@ def make_splits(data: ImageData, method: str = "auto", *, seed: int = 0) -> Spli
     labels = data.labels
     is_val = np.zeros(len(labels), dtype=bool)
     if kind == "tail":
-        if not argument.isdigit() or int(argument) < 1:
+        if not (argument.isascii() and argument.isdigit()) or int(argument) < 1:
             raise UserError(f"split {method!r}: tail:K needs a positive integer K")
         per_class = int(argument)
         for label in range(data.num_classes):

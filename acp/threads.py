@@ -19,7 +19,7 @@ import torch
 def available_cores() -> int:
     """``OMP_NUM_THREADS`` when set, else the number of cores this process may run on."""
     configured = os.environ.get("OMP_NUM_THREADS", "")
-    if configured.isdigit() and int(configured) > 0:
+    if configured.isascii() and configured.isdigit() and int(configured) > 0:
         return int(configured)
     try:
         return len(os.sched_getaffinity(0))

@@ -68,6 +68,10 @@ def test_bad_data_paths_are_user_errors(tmp_path):
         load_data(str(tmp_path / "mixed"), cache_dir=tmp_path / "c")
     with pytest.raises(UserError, match="digits:16"):
         load_data("digits:x")
+    with pytest.raises(UserError, match="digits:16"):
+        load_data("digits:\u00b2")  # '²' passes str.isdigit but not int(): still the field's message
+    with pytest.raises(UserError, match="tail:K needs a positive integer"):
+        make_splits(load_data("digits:8"), "tail:\u00b2", seed=0)
 
 
 def test_digits_are_upsampled_three_channel_images():
