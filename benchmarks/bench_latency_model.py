@@ -177,11 +177,10 @@ def main(argv=None) -> int:
     for line in lines:
         print(line)
     if not args.no_write and not args.quick:
-        command = "python benchmarks/bench_latency_model.py " + " ".join(argv or sys.argv[1:])
         update_section(
             SECTION,
             [
-                *provenance_lines(command.strip()),
+                *provenance_lines("bench_latency_model.py"),
                 "",
                 f"{args.candidates} random candidates per row (seed {args.seed}), measured whole in "
                 f"{args.rounds} interleaved rounds (minimum kept), {args.threads} thread(s); table built "

@@ -296,8 +296,7 @@ def main(argv=None) -> int:
     for line in lines:
         print(line)
     if not args.no_write and not args.quick:
-        command = "python benchmarks/bench_latency_search.py " + " ".join(argv or sys.argv[1:])
-        update_section(SECTION, [*provenance_lines(command.strip()), "", *lines])
+        update_section(SECTION, [*provenance_lines("bench_latency_search.py"), "", *lines])
     return 0
 
 
