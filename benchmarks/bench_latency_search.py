@@ -96,6 +96,7 @@ def measure(model, space, widths: np.ndarray, args) -> np.ndarray:
 
 def constraint_rows(name: str, args) -> list[dict]:
     from acp.core.budget import Budget
+    from acp.errors import UserError
     from acp.latency import load_or_build
 
     model, space, identity = build_problem(name, 1, args.quick)
@@ -111,10 +112,15 @@ def constraint_rows(name: str, args) -> list[dict]:
         [np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (args.candidates - 1, len(space.groups)))]
     )
     budgets = [float(b) for b in args.budgets.split(",")]
-    blocks, labels = [space.full_widths()[None, :]], [("base", None)]
+    blocks, labels, infeasible = [space.full_widths()[None, :]], [("base", None)], []
     for budget in budgets:
         for kind in ("latency", "flops"):
-            repaired = Budget(space, **{kind: budget}, latency_model=latency).repair(shapes)
+            try:
+                repaired = Budget(space, **{kind: budget}, latency_model=latency).repair(shapes)
+            except UserError as error:  # e.g. a fixed per-call overhead the smallest widths cannot shed
+                row = {"model": name, "budget_kind": kind, "budget": budget, "infeasible": str(error)}
+                infeasible.append(row)
+                continue
             blocks.append(repaired)
             labels.append((kind, budget))
     widths = np.vstack(blocks)
@@ -142,7 +148,7 @@ def constraint_rows(name: str, args) -> list[dict]:
                 "efficiency_worst": float(np.min((1 / ratio) / (1 / macs_ratio))),
             }
         )
-    return rows
+    return rows + infeasible
 
 
 def constraint_lines(rows: list[dict], args) -> list[str]:
@@ -159,6 +165,10 @@ def constraint_lines(rows: list[dict], args) -> list[str]:
         what = (
             f"latency = {row['budget']:g}" if row["budget_kind"] == "latency" else f"MACs = {row['budget']:g}"
         )
+        if "infeasible" in row:
+            minimum = row["infeasible"].split("the minimum achievable is ")[-1]
+            lines.append(f"| {row['model']} | {what} | | infeasible: the minimum is {minimum} | | | |")
+            continue
         lines.append(
             f"| {row['model']} | {what} | {row['base_ms']:.3g} | {row['measured_median']:.3f}, "
             f"{row['measured_worst']:.3f} | {row['predicted_median']:.3f} | {row['macs_median']:.3f} | "
