@@ -19,7 +19,8 @@ Targets (issue 15): median error <= 10% and Spearman >= 0.9 for every row; build
 and <= 15 min for ResNet-50-sized models.
 
 Results are saved per row under ``--out`` as they finish (a rerun skips finished rows) and written to the
-section "Latency predictor (bench_latency_model.py)" of benchmarks/RESULTS.md.
+section "Latency predictor (bench_latency_model.py)" of benchmarks/RESULTS.md, with every row an earlier
+run saved under the same ``--out`` (so rows measured in several runs make one table).
 
     python benchmarks/bench_latency_model.py                      # all rows (~1 h on 2 idle cores)
     python benchmarks/bench_latency_model.py --models resnet20_cifar --batches 1 --runtimes torch
@@ -173,6 +174,13 @@ def main(argv=None) -> int:
                     path.write_text(json.dumps(row))
                 rows.append(row)
                 print(table_lines([row])[-1], flush=True)
+    done = {(row["model"], row["runtime"], row["batch"]) for row in rows}
+    for path in sorted(args.out.glob("*.json")):  # rows of earlier runs into --out stay
+        row = json.loads(path.read_text())
+        if not path.stem.endswith("-quick") and (row["model"], row["runtime"], row["batch"]) not in done:
+            rows.append(row)
+    order = {name: index for index, name in enumerate(MODELS)}
+    rows.sort(key=lambda row: (order.get(row["model"], len(order)), row["runtime"] != "torch", row["batch"]))
     lines = table_lines(rows)
     for line in lines:
         print(line)
