@@ -247,7 +247,8 @@ def accuracy_part(args) -> list[str]:
     results = bench_quality.run_finetunes(jobs, args.workers)
     lines = [
         f"Budget of the latency searches: latency = {target:.3f} (the mean measured latency ratio of "
-        f"bench_quality's acp architectures at 50% MACs, {args.runtime} batch {args.batch}); "
+        f"acp's architectures at 50% MACs ({macs_dirs[0].parents[1]}), measured before the latency "
+        f"searches, {args.runtime} batch {args.batch}); the table below measures both sets again, together; "
         f"{args.iterations} iterations x 12 particles, re-ranked, seeds 0..{args.seeds - 1}; finetune "
         f"{args.epochs} epoch(s) on {args.train_images} images, finetune seed i for search seed i.",
         "",
