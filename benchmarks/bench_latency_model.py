@@ -137,19 +137,29 @@ def run_row(name: str, runtime: str, batch: int, args) -> dict:
     }
 
 
+def ratio_errors(row: dict) -> np.ndarray:
+    """Relative error of the predicted latency *ratio* (candidate / base, what ``latency = R`` budgets)
+    against the measured ratio (candidate and base measured in the same rounds)."""
+    measured, predicted = np.asarray(row["measured_ms"]), np.asarray(row["predicted_ms"])
+    measured_ratio, predicted_ratio = measured[1:] / measured[0], predicted[1:] / predicted[0]
+    return np.abs(predicted_ratio - measured_ratio) / measured_ratio
+
+
 def table_lines(rows: list[dict]) -> list[str]:
     lines = [
-        "| model | runtime | batch | build | base measured / predicted | median error | max error | Spearman "
-        "| noise | measured range (of base) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | runtime | batch | build | base measured / predicted | median error (ms) | max error "
+        "| median error (ratio to base) | Spearman | noise | measured range (of base) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = row["measured_range"]
+        ratio = ratio_errors(row)
         lines.append(
             f"| {row['model']} | {row['runtime']} | {row['batch']} | {row['build_seconds']:.0f} s "
             f"({row['tables']} tables, {row['points']} points) | {row['base_measured_ms']:.3g} / "
             f"{row['base_predicted_ms']:.3g} ms | {row['median_error']:.1%} | {row['max_error']:.1%} | "
-            f"{row['spearman']:.3f} | {row['noise']:.1%} | {low:.2f}-{high:.2f} |"
+            f"{np.median(ratio):.1%} (max {ratio.max():.1%}) | {row['spearman']:.3f} | {row['noise']:.1%} | "
+            f"{low:.2f}-{high:.2f} |"
         )
     return lines
 
@@ -186,7 +196,7 @@ def main(argv=None) -> int:
         print(line)
     if not args.no_write and not args.quick:
         update_section(
-            SECTION,
+            SECTION if args.round_to == 1 else SECTION.replace(" (", f", round_to = {args.round_to} (", 1),
             [
                 *provenance_lines("bench_latency_model.py"),
                 "",
