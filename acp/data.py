@@ -557,6 +557,17 @@ def _indices_digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
+def split_fraction(method: str, argument: str) -> float:
+    """F of a ``random:F`` split: a number strictly between 0 and 1, else the split's UserError."""
+    try:
+        fraction = float(argument)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"split {method!r}: random:F needs a fraction 0 < F < 1")
+    return fraction
+
+
 def make_splits(data: ImageData, method: str = "auto", *, seed: int = 0) -> Splits:
     """Deterministic train/validation split.
 
@@ -582,12 +593,7 @@ def make_splits(data: ImageData, method: str = "auto", *, seed: int = 0) -> Spli
                 )
             is_val[members[-per_class:]] = True
     elif kind == "random":
-        try:
-            fraction = float(argument)
-        except ValueError:
-            fraction = -1.0
-        if not 0.0 < fraction < 1.0:
-            raise UserError(f"split {method!r}: random:F needs a fraction 0 < F < 1")
+        fraction = split_fraction(method, argument)
         rng = np.random.default_rng(seed)
         for label in range(data.num_classes):
             members = np.flatnonzero(labels == label)

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from acp.data import SMALL_VALIDATION, Splits
+from acp.data import SMALL_VALIDATION, Splits, split_fraction
 from acp.detection_data.dataset import DetectionData
 from acp.detection_data.voc import IMAGE_ID
 from acp.errors import UserError
@@ -38,12 +38,7 @@ def make_detection_splits(data: DetectionData, method: str = "auto", *, seed: in
             raise UserError(f"split {method!r}: tail:K needs a whole number 1 <= K < {count} (the images)")
         is_val[count - int(argument) :] = True
     elif kind == "random":
-        try:
-            fraction = float(argument)
-        except ValueError:
-            fraction = -1.0
-        if not 0.0 < fraction < 1.0:
-            raise UserError(f"split {method!r}: random:F needs a fraction 0 < F < 1")
+        fraction = split_fraction(method, argument)
         is_val[np.random.default_rng(seed).permutation(count)[: int(round(count * fraction))]] = True
     elif kind == "imageset":
         is_val[_listed(data, method, argument)] = True
