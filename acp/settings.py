@@ -553,7 +553,8 @@ class LatencySettings(Section):
     A per-layer table is measured on this machine (``grid_points`` widths per axis of every layer
     geometry, ``rounds`` interleaved rounds, minimum kept) and fitted to ``calibration_models`` whole
     models; it is cached under ``cache_dir`` (default: ``~/.cache/acp/latency``), keyed by everything
-    it depends on (see ``acp.latency.cache``). The input size is [model].input_size.
+    it depends on (see ``acp.latency.cache``). The input size is [model].input_size. The ``verify_*``
+    settings do not change the table, only what a search does with its winner.
     """
 
     SECTION: ClassVar[str] = "latency"
@@ -566,6 +567,13 @@ class LatencySettings(Section):
     min_seconds: float = setting(0.02, float, *within(0, 10))  # per timed visit of a table point
     seed: int = setting(0, int, *NON_NEGATIVE)  # calibration widths and visiting order
     cache_dir: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True, execution=True)
+    # a search under a latency budget measures its winner against the base model (verify_rounds
+    # interleaved rounds) and shrinks it until measured <= budget x (1 + verify_tolerance), measuring at
+    # most verify_steps times (acp.latency.verify)
+    verify_winner: bool = setting(True, bool)
+    verify_tolerance: float = setting(0.02, float, *within(0, 1))
+    verify_steps: int = setting(4, int, *POSITIVE)
+    verify_rounds: int = setting(5, int, *POSITIVE)
 
 
 @dataclass(frozen=True)

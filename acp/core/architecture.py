@@ -52,6 +52,16 @@ BUDGET_KEYS = ("flops", "params")
 LATENCY_BUDGET_KEYS = ("latency", "latency_ms")  # present only when a latency budget was given
 # "latency": where a latency budget's predictions were measured, and the prediction for this architecture
 LATENCY_KEYS = ("runtime", "batch_size", "threads", "cpu", "base_ms", "predicted_ms")
+# after a search measured its winner against the base model (acp.latency.verify): what it measured
+MEASURED_LATENCY_KEYS = (
+    "measured_ms",
+    "base_measured_ms",
+    "measured_ratio",
+    "measured_budget_met",
+    "tolerance",
+    "searched_widths",
+    "measurements",
+)
 SPACE_DEFAULTS = SpaceSettings().to_dict()
 PROVENANCE_KEYS = (
     "source",
@@ -304,9 +314,13 @@ def _parse(doc: Any, at: Field) -> Architecture:
     if doc.get("preprocessing") is not None:
         preprocessing = parse_preprocessing(at["preprocessing"], doc["preprocessing"])
         check_against_model(at["preprocessing"], preprocessing, identity.input_size, identity.num_classes)
+    groups = _parse_groups(at["groups"], doc["groups"])
+    latency = None if doc.get("latency") is None else _parse_latency(at["latency"], doc["latency"])
+    if latency is not None and len(latency.get("searched_widths", groups)) != len(groups):
+        at["latency"]["searched_widths"].fail(f"expected {len(groups)} widths, one per group")
     return Architecture(
         model=identity,
-        groups=_parse_groups(at["groups"], doc["groups"]),
+        groups=groups,
         base_macs=base_macs,
         base_params=base_params,
         macs=expect_int(at["macs"], doc["macs"], 0, base_macs),
@@ -314,7 +328,7 @@ def _parse(doc: Any, at: Field) -> Architecture:
         budget=_parse_budget(at["budget"], doc["budget"]),
         space=_parse_space(at["space"], doc["space"]),
         provenance=_parse_provenance(at["provenance"], doc.get("provenance", {})),
-        latency=None if doc.get("latency") is None else _parse_latency(at["latency"], doc["latency"]),
+        latency=latency,
         preprocessing=preprocessing,
     )
 
@@ -386,8 +400,8 @@ def _parse_budget(at: Field, value: Any) -> dict:
 
 
 def _parse_latency(at: Field, value: Any) -> dict:
-    value = expect_object(at, value, LATENCY_KEYS)
-    return {
+    value = expect_object(at, value, LATENCY_KEYS, MEASURED_LATENCY_KEYS)
+    record = {
         "runtime": expect_str(at["runtime"], value["runtime"]),
         "batch_size": expect_int(at["batch_size"], value["batch_size"], 1),
         "threads": expect_int(at["threads"], value["threads"], 1),
@@ -395,6 +409,23 @@ def _parse_latency(at: Field, value: Any) -> dict:
         "base_ms": expect_number(at["base_ms"], value["base_ms"], 0.0, open_low=True),
         "predicted_ms": expect_number(at["predicted_ms"], value["predicted_ms"], 0.0, open_low=True),
     }
+    measured = [key for key in MEASURED_LATENCY_KEYS if key in value]
+    if not measured:
+        return record
+    if len(measured) != len(MEASURED_LATENCY_KEYS):
+        missing = next(key for key in MEASURED_LATENCY_KEYS if key not in value)
+        at.fail(f"missing key {missing!r} (the measured winner's keys come together)")
+    for key in ("measured_ms", "base_measured_ms", "measured_ratio"):
+        record[key] = expect_number(at[key], value[key], 0.0, open_low=True)
+    if not isinstance(value["measured_budget_met"], bool):
+        met = value["measured_budget_met"]
+        at["measured_budget_met"].fail(f"expected true or false, got {describe(met)}")
+    record["measured_budget_met"] = value["measured_budget_met"]
+    record["tolerance"] = expect_number(at["tolerance"], value["tolerance"], 0.0, 1.0)
+    widths = expect_array(at["searched_widths"], value["searched_widths"], "widths")
+    record["searched_widths"] = [expect_int(at["searched_widths"][i], w, 1) for i, w in enumerate(widths)]
+    record["measurements"] = expect_int(at["measurements"], value["measurements"], 1)
+    return record
 
 
 def _parse_space(at: Field, value: Any) -> dict:

@@ -60,6 +60,8 @@ class SearchResult:
     proxy_best: dict | None = None
     finalists: list[dict] = field(default_factory=list)
     elapsed_per_iteration: list[float] = field(default_factory=list)
+    # under a latency budget: the winner measured on the runtime (acp.latency.verify.MeasuredCheck)
+    latency_check: object | None = None
 
     @property
     def best_widths(self) -> dict[str, int] | None:
@@ -102,6 +104,8 @@ class SearchResult:
                 f"{seconds:.0f} s; the winner was #{rank} by proxy score"
                 + ("" if score is None else f" (finalist score {score:.4f})")
             )
+        if self.latency_check is not None:
+            lines.extend(self.latency_check.lines())
         return lines
 
 

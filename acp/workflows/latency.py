@@ -105,6 +105,72 @@ def write_search_latency(run_dir: Path, latency: LatencyModel | None) -> None:
         atomic_write_json(Path(run_dir) / rundir.LATENCY_FILE, latency.to_dict())
 
 
+def winner_meter(problem):
+    """The meter :func:`measured_winner` times with: the budget's runtime, batch and threads, in
+    ``verify_rounds`` interleaved rounds."""
+    import dataclasses
+
+    from acp.latency.cache import timing_of
+    from acp.latency.table import RuntimeMeter
+
+    options = problem.settings.latency
+    return RuntimeMeter(
+        problem.model,
+        problem.space,
+        runtime=options.runtime,
+        batch_size=options.batch_size,
+        threads=options.threads,
+        timing=dataclasses.replace(timing_of(options), rounds=options.verify_rounds),
+        seed=options.seed,
+    )
+
+
+def measured_winner(problem, budget, result, run_dir: Path, *, architecture, evaluators):
+    """The search's winner measured against the base model on the budget's runtime and, when it is slower
+    than the budget, shrunk until it is not (:mod:`acp.latency.verify`); ``best_arch.json`` is rewritten
+    with the widths kept, what was measured (its ``latency`` record) and their proxy scores. A winner
+    already measured (a resumed, finished run) is returned as it is."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from acp.latency.verify import meet_measured_budget
+    from acp.search.study import BEST_ARCH_FILE
+
+    arch = result.architecture
+    if arch is None or (arch.latency or {}).get("measured_ms") is not None:
+        return result
+    options = problem.settings.latency
+    check = meet_measured_budget(
+        budget,
+        winner_meter(problem).models,
+        list(arch.widths.values()),
+        tolerance=options.verify_tolerance,
+        steps=options.verify_steps,
+    )
+    for line in check.lines():
+        (log.info if check.met else log.warning)("%s", line)
+    provenance = {key: value for key, value in arch.provenance.items() if value is not None}
+    if check.shrunk:
+        proxy, finalist = evaluators
+        provenance["proxy_score"] = _score(proxy, check.widths)
+        if finalist is not None and provenance.get("finalist_score") is not None:
+            provenance["finalist_score"] = _score(finalist, check.widths)
+    provenance["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    measured = architecture(
+        check.widths.tolist(),
+        budget=arch.budget,
+        provenance=provenance,
+        latency={**budget.latency_record(check.widths), **check.record()},
+    )
+    measured.save(Path(run_dir) / BEST_ARCH_FILE)
+    return dataclasses.replace(result, architecture=measured, latency_check=check)
+
+
+def _score(evaluator, widths) -> float | None:
+    score = evaluator.evaluate(widths.tolist()).score
+    return float(score) if np.isfinite(score) else None
+
+
 @dataclass(frozen=True)
 class LatencyReport:
     """What ``acp latency`` prints."""

@@ -156,6 +156,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
         rundir.write_proposal(run_dir, proposal_widths, space, criterion)
         write_search_latency(run_dir, latency_model)
+    architecture = _with_preprocessing(evaluator.architecture, Preprocessing.of_data(data))
     study = Study(
         space,
         evaluator,
@@ -163,18 +164,30 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         settings.search,
         run_dir,
         proposal_widths=proposal_widths,
-        architecture=_with_preprocessing(evaluator.architecture, Preprocessing.of_data(data)),
+        architecture=architecture,
         progress=progress,
         fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
         finalist_evaluator=finalist_evaluator,
         finalists=settings.rerank.finalists,
     )
     try:
-        return study.run(resume=resume)
+        result = study.run(resume=resume)
     except UserError:
         if not resume:
             _remove_if_nothing_evaluated(run_dir)
         raise
+    if latency_model is not None and settings.latency.verify_winner and result.stopped != "interrupted":
+        from acp.workflows.latency import measured_winner
+
+        result = measured_winner(
+            problem,
+            budget,
+            result,
+            run_dir,
+            architecture=architecture,
+            evaluators=(evaluator, finalist_evaluator),
+        )
+    return result
 
 
 def _with_preprocessing(architecture, preprocessing):

@@ -27,11 +27,14 @@ from acp.workflows.problem import load_problem
 from acp.workflows.search import search
 
 
-def write_config(directory, budget: str) -> tuple:
+def write_config(directory, budget: str, verify_winner: bool = False) -> tuple:
+    """A latency-budgeted config with a synthetic table in its cache; the winner is measured on the real
+    runtime only with ``verify_winner`` (the tests of that step replace the runtime)."""
     torch.manual_seed(0)
     torch.save(create_model("resnet8_cifar", num_classes=10).state_dict(), directory / "weights.pt")
     text = TINY_SEARCH_CONFIG.replace("[budget]\nflops = 0.5\n", f"[budget]\n{budget}\n")
     text += f'\n[latency]\ngrid_points = 3\ncalibration_models = 4\ncache_dir = "{directory / "cache"}"\n'
+    text += f"verify_winner = {str(verify_winner).lower()}\n"
     path = directory / "search.toml"
     path.write_text(text, encoding="utf-8")
     problem = load_problem(load_settings(path))
@@ -179,3 +182,51 @@ def test_finetune_records_the_measured_latency_on_the_budgets_runtime(finished, 
     assert result.arch.latency == arch.latency
     rows = summary_rows(json.loads((tmp_path / "ft" / "metrics.json").read_text()))
     assert any(row[0] == "latency (torch, batch 1)" and "predicted" in row[2] for row in rows)
+
+
+class SlowerThanPredicted:
+    """A runtime on which narrow models are relatively slower than the table says (measured = predicted
+    ** 0.8): the searched winner misses a latency budget it was predicted to meet."""
+
+    def __init__(self, latency):
+        self.latency, self.calls = latency, 0
+
+    def models(self, widths):
+        self.calls += 1
+        return np.asarray(self.latency(widths)) ** 0.8
+
+
+def test_the_winner_is_measured_and_shrunk_onto_the_measured_budget(tmp_path, monkeypatch):
+    from acp.workflows import latency as latency_workflow
+
+    path, problem, latency, _ = write_config(tmp_path, "latency = 0.6", verify_winner=True)
+    runtime = SlowerThanPredicted(latency)
+    monkeypatch.setattr(latency_workflow, "winner_meter", lambda problem: runtime)
+    result = search(path, out=tmp_path / "run", iterations=2)
+
+    arch = Architecture.load(tmp_path / "run" / "best_arch.json")
+    widths = np.array(list(arch.widths.values()))
+    searched = np.array(result.best["widths"])
+    assert arch.latency["searched_widths"] == searched.tolist()
+    assert np.all(widths <= searched) and not np.array_equal(widths, searched)
+    measured = runtime.models(np.vstack([problem.space.full_widths(), widths]))
+    assert arch.latency["measured_ratio"] == pytest.approx(measured[1] / measured[0])
+    assert arch.latency["measured_ratio"] <= 0.6 * 1.02 and arch.latency["measured_budget_met"] is True
+    assert arch.latency["predicted_ms"] == pytest.approx(float(latency(widths)))
+    assert arch.provenance["proxy_score"] != result.best["score"]  # the shrunk architecture, scored again
+    assert result.architecture == arch and result.latency_check.shrunk
+    assert any(line.startswith("shrunk to meet the measured budget") for line in result.summary_lines())
+
+    calls = runtime.calls
+    again = search(resume=tmp_path / "run")  # finished and already measured: nothing is timed again
+    assert runtime.calls == calls and again.architecture == arch
+
+
+def test_a_measured_record_must_be_whole(finished, tmp_path):
+    _, out = finished
+    document = json.loads((out / "best_arch.json").read_text())
+    document["latency"]["measured_ms"] = 1.0
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserError, match=r"latency.*missing key 'base_measured_ms'"):
+        Architecture.load(path)
