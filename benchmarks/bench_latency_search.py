@@ -47,7 +47,8 @@ from bench_latency_model import build_problem  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["constraint", "accuracy", "both"], default="both")
+    parser.add_argument("--part", choices=["constraint", "accuracy", "both", "noise"], default="both")
+    parser.add_argument("--passes", type=int, default=3, help="--part noise: separate measuring passes")
     parser.add_argument("--models", default="resnet20_cifar,resnet18,mobilenet_v2")
     parser.add_argument("--budgets", default="0.5,0.3")
     parser.add_argument("--runtime", default="torch")
@@ -94,9 +95,8 @@ def measure(model, space, widths: np.ndarray, args) -> np.ndarray:
     return time_rounds(calls, timing, threads=args.threads, seed=7).min(axis=1)
 
 
-def constraint_rows(name: str, args) -> list[dict]:
-    from acp.core.budget import Budget
-    from acp.errors import UserError
+def problem_and_table(name: str, args):
+    """(model, space, latency table) of ``name`` with the [latency] defaults at ``args``' runtime."""
     from acp.latency import load_or_build
 
     model, space, identity = build_problem(name, 1, args.quick)
@@ -107,6 +107,14 @@ def constraint_rows(name: str, args) -> list[dict]:
         meter = SyntheticMeter(space, overhead=0.01, layer_overhead=1e-4)
     cache = args.cache / "quick" if args.quick else args.cache
     latency, _, _ = load_or_build(model, space, identity, latency_settings(args, cache), meter=meter)
+    return model, space, latency
+
+
+def constraint_rows(name: str, args) -> list[dict]:
+    from acp.core.budget import Budget
+    from acp.errors import UserError
+
+    model, space, latency = problem_and_table(name, args)
     rng = np.random.default_rng(3)
     shapes = np.vstack(
         [np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (args.candidates - 1, len(space.groups)))]
@@ -184,6 +192,54 @@ def checked_rows(model, space, latency, budget: float, widths: np.ndarray, args)
         "checked_measurements_max": max(len(check.measurements) for check in checks),
         "checked_unmet": sum(not check.met for check in checks),
     }
+
+
+def noise_row(name: str, args) -> dict:
+    """How much one candidate's measured latency ratio moves between separate passes (``--passes``), each
+    pass the base and the candidates repaired onto the first budget measured as in the constraint part."""
+    from acp.core.budget import Budget
+
+    model, space, latency = problem_and_table(name, args)
+    rng = np.random.default_rng(3)
+    shapes = np.vstack(
+        [np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (args.candidates - 1, len(space.groups)))]
+    )
+    budget = float(args.budgets.split(",")[0])
+    widths = np.vstack(
+        [space.full_widths()[None, :], Budget(space, latency=budget, latency_model=latency).repair(shapes)]
+    )
+    ratios = []
+    for _ in range(args.passes):
+        measured = measure(model, space, widths, args)
+        ratios.append(measured[1:] / measured[0])
+    ratios = np.array(ratios)
+    spread = ratios.max(axis=0) - ratios.min(axis=0)
+    return {
+        "model": name,
+        "budget": budget,
+        "passes": args.passes,
+        "spread_median": float(np.median(spread)),
+        "spread_max": float(spread.max()),
+        "pass_medians": [float(np.median(row)) for row in ratios],
+    }
+
+
+def noise_lines(rows: list[dict], args) -> list[str]:
+    lines = [
+        f"The same {args.candidates} candidates repaired onto latency = B, measured with the base in "
+        f"{rows[0]['passes']} separate passes (each as in \"Latency budgets\"); spread = a candidate's "
+        "largest minus smallest measured ratio over the passes.",
+        "",
+        "| model | budget | spread of one candidate's ratio (median, max) | median ratio of each pass |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        medians = ", ".join(f"{value:.3f}" for value in row["pass_medians"])
+        lines.append(
+            f"| {row['model']} | latency = {row['budget']:g} | {row['spread_median']:.3f}, "
+            f"{row['spread_max']:.3f} | {medians} |"
+        )
+    return lines
 
 
 def constraint_lines(rows: list[dict], args) -> list[str]:
@@ -354,6 +410,15 @@ def main(argv=None) -> int:
             *constraint_lines(rows, args),
             "",
         ]
+    if args.part == "noise":
+        rows = [noise_row(name, args) for name in args.models.split(",")]
+        lines += ["### Pass-to-pass noise of a measured latency ratio", "", *noise_lines(rows, args), ""]
+        for line in lines:
+            print(line)
+        if not args.no_write and not args.quick:
+            section = "Latency ratio noise (bench_latency_search.py --part noise)"
+            update_section(section, [*provenance_lines("bench_latency_search.py"), "", *lines])
+        return 0
     if args.part in ("accuracy", "both") and not args.quick:
         lines += ["### Accuracy at equal measured latency (ResNet-20, CIFAR-10)", "", *accuracy_part(args)]
     for line in lines:

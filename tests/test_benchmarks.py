@@ -122,6 +122,8 @@ def test_bench_latency_search_quick_constraint_part_runs(tmp_path):
         row["predicted_median"] <= row["budget"] + 1e-9 for row in rows if row["budget_kind"] == "latency"
     )
     assert all(row["macs_median"] <= row["budget"] for row in rows if row["budget_kind"] == "flops")
+    latency_rows = [row for row in rows if row["budget_kind"] == "latency"]
+    assert all(row["checked_measurements_max"] >= 1 and "checked_worst" in row for row in latency_rows)
 
 
 def test_bench_startup_quick_times_every_case_without_torch(tmp_path):
@@ -148,3 +150,12 @@ def test_bench_data_quick_reads_a_folder_cached_and_streamed(tmp_path):
     ways = ("cached array", "streamed, 0 loader workers", "streamed, 1 loader worker", "streamed, 2 loader")
     assert all(f"| {way}" in done.stdout for way in ways), done.stdout
     assert len(list((tmp_path / "folder").rglob("*.jpg"))) == 40
+
+
+def test_bench_latency_search_quick_noise_part_prints_one_row_per_model(tmp_path):
+    command = [sys.executable, str(BENCHMARKS / "bench_latency_search.py"), "--quick", "--part", "noise"]
+    command += ["--out", str(tmp_path / "x"), "--cache", str(tmp_path / "cache"), "--passes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| resnet8_cifar | latency = 0.7 |")]
+    assert len(rows) == 1 and len(rows[0].split("|")[4].split(",")) == 2  # one median per pass
