@@ -110,15 +110,18 @@ def problem_and_table(name: str, args):
     return model, space, latency
 
 
+def candidate_shapes(space, count: int) -> np.ndarray:
+    """The keep-ratio vectors both parts repair: the uniform shape and seeded random shapes."""
+    rng = np.random.default_rng(3)
+    return np.vstack([np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (count - 1, len(space.groups)))])
+
+
 def constraint_rows(name: str, args) -> list[dict]:
     from acp.core.budget import Budget
     from acp.errors import UserError
 
     model, space, latency = problem_and_table(name, args)
-    rng = np.random.default_rng(3)
-    shapes = np.vstack(
-        [np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (args.candidates - 1, len(space.groups)))]
-    )
+    shapes = candidate_shapes(space, args.candidates)
     budgets = [float(b) for b in args.budgets.split(",")]
     blocks, labels, infeasible = [space.full_widths()[None, :]], [("base", None)], []
     for budget in budgets:
@@ -200,10 +203,7 @@ def noise_row(name: str, args) -> dict:
     from acp.core.budget import Budget
 
     model, space, latency = problem_and_table(name, args)
-    rng = np.random.default_rng(3)
-    shapes = np.vstack(
-        [np.ones(len(space.groups)), rng.uniform(0.1, 1.0, (args.candidates - 1, len(space.groups)))]
-    )
+    shapes = candidate_shapes(space, args.candidates)
     budget = float(args.budgets.split(",")[0])
     widths = np.vstack(
         [space.full_widths()[None, :], Budget(space, latency=budget, latency_model=latency).repair(shapes)]
