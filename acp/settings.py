@@ -568,12 +568,12 @@ class LatencySettings(Section):
     seed: int = setting(0, int, *NON_NEGATIVE)  # calibration widths and visiting order
     cache_dir: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True, execution=True)
     # a search under a latency budget measures its winner against the base model (verify_rounds
-    # interleaved rounds) and shrinks it until measured <= budget x (1 + verify_tolerance), measuring at
-    # most verify_steps times (acp.latency.verify)
+    # interleaved rounds, ratio paired by round) and shrinks it until measured <= budget x
+    # (1 + verify_tolerance), measuring at most verify_steps times (acp.latency.verify)
     verify_winner: bool = setting(True, bool)
     verify_tolerance: float = setting(0.02, float, *within(0, 1))
     verify_steps: int = setting(4, int, *POSITIVE)
-    verify_rounds: int = setting(5, int, *POSITIVE)
+    verify_rounds: int = setting(20, int, *POSITIVE)
 
 
 @dataclass(frozen=True)

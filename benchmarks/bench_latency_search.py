@@ -6,10 +6,11 @@ eager, batch 1, 1 thread), with the table acp builds ([latency] defaults):
 
 - ``--candidates`` keep-ratio vectors (the uniform shape and seeded random shapes, exactly what a search
   proposes) are repaired onto ``latency = B`` for each budget B, and onto ``flops = B`` for comparison;
-- every repaired model and the base are measured whole, interleaved over ``--rounds`` rounds (minimum
-  kept); reported per row: measured latency / base (median and worst over the candidates; the goal is
-  worst <= B + 0.03), predicted ratio, MACs ratio, and efficiency = speed-up / MACs reduction (the
-  bench_latency.py figure; goal >= 0.9 for latency-budgeted models).
+- every repaired model and the base are measured whole, interleaved over ``--rounds`` rounds (a ratio is
+  the median over rounds of model / base in the same round, each visit's fastest forward); reported per
+  row: measured latency / base (median and worst over the candidates; the goal is worst <= B + 0.03),
+  predicted ratio, MACs ratio, and efficiency = speed-up / MACs reduction (the bench_latency.py figure;
+  goal >= 0.9 for latency-budgeted models).
 
 Every candidate a search scores has gone through the same repair, so the worst candidate bounds what a
 search can return.
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--candidates", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=1)
@@ -80,8 +81,9 @@ def latency_settings(args, cache: Path):
     return settings
 
 
-def measure(model, space, widths: np.ndarray, args) -> np.ndarray:
-    """Minimum over interleaved rounds of each width vector's whole-model latency, in ms."""
+def measure(model, space, widths: np.ndarray, args, rounds: int | None = None) -> np.ndarray:
+    """(K, rounds) ms of each width vector's whole model in each interleaved round (the fastest forward of
+    a visit); row 0 must be the base model for :func:`measured_ratios`."""
     import torch
 
     from acp.latency.runtimes import Timing, prepare, time_rounds
@@ -91,8 +93,15 @@ def measure(model, space, widths: np.ndarray, args) -> np.ndarray:
     calls = [
         prepare(args.runtime, pruned_at(model, space, row).eval(), example, args.threads) for row in widths
     ]
-    timing = Timing(rounds=args.rounds, min_seconds=0.0 if args.quick else 0.2)
-    return time_rounds(calls, timing, threads=args.threads, seed=7).min(axis=1)
+    timing = Timing(rounds=rounds or args.rounds, min_seconds=0.0 if args.quick else 0.02)
+    return time_rounds(calls, timing, threads=args.threads, seed=7)
+
+
+def measured_ratios(rounds: np.ndarray) -> tuple[float, np.ndarray]:
+    """(the base's median ms, every row's ratio to the base paired by round) from :func:`measure`."""
+    from acp.latency.runtimes import paired_ratios
+
+    return float(np.median(rounds[0])), paired_ratios(rounds)
 
 
 def problem_and_table(name: str, args):
@@ -135,14 +144,14 @@ def constraint_rows(name: str, args) -> list[dict]:
             blocks.append(repaired)
             labels.append((kind, budget))
     widths = np.vstack(blocks)
-    measured = measure(model, space, widths, args)
+    base_ms, measured = measured_ratios(measure(model, space, widths, args))
     predicted = latency(widths)
     macs = space.cost(widths)[0]
-    base_ms, base_macs = measured[0], macs[0]
+    base_macs = macs[0]
     rows = []
     for index, (kind, budget) in enumerate(labels[1:]):
         part = slice(1 + index * len(shapes), 1 + (index + 1) * len(shapes))
-        ratio = measured[part] / base_ms
+        ratio = measured[part]
         macs_ratio = macs[part] / base_macs
         row = {
             "model": name,
@@ -175,7 +184,7 @@ def checked_rows(model, space, latency, budget: float, widths: np.ndarray, args)
     checks = [
         meet_measured_budget(
             limit,
-            lambda matrix: measure(model, space, matrix, args),
+            lambda matrix: measure(model, space, matrix, args, rounds=settings.verify_rounds),
             row,
             tolerance=settings.verify_tolerance,
             steps=settings.verify_steps,
@@ -183,8 +192,8 @@ def checked_rows(model, space, latency, budget: float, widths: np.ndarray, args)
         for row in widths
     ]
     kept = np.vstack([check.widths for check in checks])
-    again = measure(model, space, np.vstack([space.full_widths()[None, :], kept]), args)
-    ratio = again[1:] / again[0]
+    _, again = measured_ratios(measure(model, space, np.vstack([space.full_widths()[None, :], kept]), args))
+    ratio = again[1:]
     macs_ratio = space.cost(kept)[0] / space.base_macs
     return {
         "checked_median": float(np.median(ratio)),
@@ -210,8 +219,7 @@ def noise_row(name: str, args) -> dict:
     )
     ratios = []
     for _ in range(args.passes):
-        measured = measure(model, space, widths, args)
-        ratios.append(measured[1:] / measured[0])
+        ratios.append(measured_ratios(measure(model, space, widths, args))[1][1:])
     ratios = np.array(ratios)
     spread = ratios.max(axis=0) - ratios.min(axis=0)
     return {
@@ -246,7 +254,8 @@ def constraint_lines(rows: list[dict], args) -> list[str]:
     lines = [
         f"Runtime {args.runtime}, batch {args.batch}, {args.threads} thread(s); {args.candidates} repaired "
         f"candidates per row (uniform shape + random shapes), measured whole in {args.rounds} interleaved "
-        "rounds (minimum kept). Ratios are of the base model measured in the same rounds.",
+        "rounds; a ratio is the median over rounds of the model's / the base's fastest forward in the same "
+        "round (acp.latency.runtimes.paired_ratios), the estimator the winner check uses.",
         "",
         "| model | budget | base ms | measured latency / base (median, worst) | predicted | MACs / base "
         "| efficiency (median, worst) | after the winner check: measured again (median, worst) "

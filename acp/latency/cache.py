@@ -3,9 +3,9 @@
 A table is valid only for what it was measured on, so its *key* holds all of it: the model (name, classes,
 keyword arguments, input size), the search space (group ids and full widths, round_to, min_keep, ignored
 layers, and every compute layer's geometry), the runtime and its versions (torch, onnxruntime), batch
-size, thread count, the CPU model, and how it was measured (grid points, calibration models, timing,
-seed). The file name is a hash of the key and the file repeats the key, so a changed key never loads a
-stale table: it is measured again and written beside the old one.
+size, thread count, the CPU model, the memory allocator's setting, and how it was measured (grid points,
+calibration models, timing, seed). The file name is a hash of the key and the file repeats the key, so a
+changed key never loads a stale table: it is measured again and written beside the old one.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from acp.data import default_cache_dir
 from acp.errors import UserError
 from acp.fileio import atomic_write_json
+from acp.latency.allocator import steady_allocator
 from acp.latency.runtimes import Timing, require_runtime, runtime_version
 from acp.latency.table import FORMAT, LatencyModel, RuntimeMeter, build_latency_model
 from acp.settings import LatencySettings
@@ -70,6 +71,7 @@ def latency_key(
         "batch_size": int(batch_size),
         "threads": int(threads),
         "cpu": cpu_model(),
+        "allocator": steady_allocator(),
         "grid_points": int(grid_points),
         "calibration_models": int(calibration_models),
         "timing": asdict(timing),

@@ -1,7 +1,8 @@
 """CPU latency of a model: median wall time of repeated forward passes after a warm-up.
 
 Measured in eval mode under ``torch.inference_mode`` with channels-last input, a fixed thread count,
-and a fixed input; the median is robust to the odd scheduling hiccup.
+and a fixed input, with glibc's malloc thresholds fixed (:mod:`acp.latency.allocator`); the median is
+robust to the odd scheduling hiccup.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from acp.latency.allocator import steady_allocator
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ def measure_latency(
     ``threads`` sets ``torch.set_num_threads`` for the measurement (restored afterwards). Repeats continue
     past ``repeats`` until ``min_seconds`` of measurements have accumulated.
     """
+    steady_allocator()
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -9,9 +9,14 @@ Runtimes:
 
 Timing (:func:`time_rounds`): a warm-up, then ``rounds`` rounds; each round visits every prepared call
 once, in a fresh seeded order, and times enough consecutive forwards to fill ``min_seconds`` (at least
-``min_repeats``); a visit's figure is the median of its forwards. Interleaving the calls means slow
+``min_repeats``); a visit's figure is the fastest of its forwards. Interleaving the calls means slow
 drift of a shared machine hits all of them alike; the caller takes the minimum (or median) over rounds.
-Thread counts are pinned for the whole measurement.
+The minimum is the estimator of a forward's undisturbed time: on a 2-core VM, a candidate's measured
+ratio to the base moved 0.04-0.12 between passes with the median of 0.2 s visits over 6 rounds and
+0.02-0.05 with the fastest forward over 60 rounds (``benchmarks/RESULTS.md``, "Latency ratio noise");
+many short rounds give the quiet moments of a shared machine more chances to be seen by every call.
+Thread counts are pinned for the whole measurement, and glibc's malloc thresholds are fixed first
+(:mod:`acp.latency.allocator`: otherwise one model measures at two latencies from pass to pass).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch import nn
 
 from acp.errors import UserError
+from acp.latency.allocator import steady_allocator
 from acp.threads import torch_threads
 
 RUNTIMES = ("torch", "torchscript", "onnxruntime")
@@ -121,7 +127,8 @@ def time_rounds(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """(len(calls), rounds) median forward time in milliseconds of each call in each round."""
+    """(len(calls), rounds) fastest forward time in milliseconds of each call in each round."""
+    steady_allocator()
     results = np.zeros((len(calls), timing.rounds))
     order_rng = np.random.default_rng(seed)
     with torch_threads(threads):
@@ -143,7 +150,17 @@ def _visit(call: Callable[[], object], timing: Timing) -> float:
         begin = time.perf_counter()
         call()
         times.append(time.perf_counter() - begin)
-    return float(np.median(times) * 1000.0)
+    return float(min(times) * 1000.0)
+
+
+def paired_ratios(rounds_ms: np.ndarray) -> np.ndarray:
+    """(K,) median over rounds of each row's time / row 0's time in the same round, from the (K, rounds)
+    figures of :func:`time_rounds`. Rounds pair the calls in time, so a slow phase of a shared machine,
+    which lasts longer than a round, scales both sides of a ratio alike: on a 2-core VM one candidate's
+    ratio to ResNet-18 moved 0.01-0.03 between passes this way and 0.05-0.07 as a ratio of the two minima
+    (``benchmarks/RESULTS.md``, "Latency ratio noise")."""
+    rounds_ms = np.asarray(rounds_ms, dtype=np.float64)
+    return np.median(rounds_ms / rounds_ms[:1], axis=1)
 
 
 def measure_models(

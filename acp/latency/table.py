@@ -341,6 +341,10 @@ class RuntimeMeter:
 
     def models(self, widths: np.ndarray) -> np.ndarray:
         """(K,) ms of the whole model pruned to each width vector: minimum over interleaved rounds."""
+        return self.model_rounds(widths).min(axis=1)
+
+    def model_rounds(self, widths: np.ndarray) -> np.ndarray:
+        """(K, rounds) ms of the whole model pruned to each width vector, in each interleaved round."""
         shape = (self.batch_size, *self.space.input_shape[1:])
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         calls = [
@@ -349,7 +353,7 @@ class RuntimeMeter:
         ]
         tick = self.progress(len(calls) * self.timing.rounds, "whole models") if self.progress else None
         timing = dataclasses.replace(self.timing, min_seconds=max(self.timing.min_seconds, 0.1))
-        return time_rounds(calls, timing, threads=self.threads, seed=self.seed + 1, progress=tick).min(axis=1)
+        return time_rounds(calls, timing, threads=self.threads, seed=self.seed + 1, progress=tick)
 
 
 def build_latency_model(

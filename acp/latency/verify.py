@@ -4,13 +4,14 @@ shrink it until its *measured* latency meets the budget.
 The search ranks candidates by the predictor (:class:`acp.latency.LatencyModel`), which is fitted to
 whole models but still misses by a few percent, more at widths where the runtime switches kernels, and the
 machine itself drifts between building the table and the end of the search. So the architecture a search
-returns is measured once more, base model and candidate interleaved in the same rounds (a ratio of two
-times measured together is robust to drift; see :mod:`acp.latency.runtimes`):
+returns is measured once more, base model and candidate interleaved in the same rounds:
 
-1. measured ms ``m`` of the candidate and ``b`` of the base; the allowed ms ``L`` is ``latency x b``
-   and/or ``latency_ms`` (the tighter);
-2. if ``m <= L x (1 + tolerance)`` the candidate is kept; otherwise the predictor's limit is scaled by
-   ``L / m`` (its local error) and the candidate is repaired onto that tighter limit -- same shape, every
+1. the candidate's ratio ``r`` to the base is the median over rounds of its time / the base's time in the
+   same round (:func:`acp.latency.runtimes.paired_ratios`: a slow phase of a shared machine hits both
+   alike); ``m`` and ``b`` are their median ms; the allowed ratio ``a`` is ``latency`` and/or
+   ``latency_ms / b`` (the tighter);
+2. if ``r <= a x (1 + tolerance)`` the candidate is kept; otherwise the predictor's limit is scaled by
+   ``a / r`` (its local error) and the candidate is repaired onto that tighter limit -- same shape, every
    other budget still met -- and measured again, up to ``steps`` measurements.
 
 The search itself stays deterministic (history, checkpoints and the searched widths are bit-exact); only
@@ -27,6 +28,7 @@ import numpy as np
 
 from acp.core.budget import Budget
 from acp.errors import UserError
+from acp.latency.runtimes import paired_ratios
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,17 @@ EXTRA_SHRINK = 0.98  # when rounding leaves the repaired widths unchanged, tight
 class Measurement:
     widths: tuple[int, ...]
     predicted_ms: float
-    measured_ms: float
+    measured_ms: float  # median over rounds
     base_measured_ms: float
-    allowed_ms: float  # the budget in measured milliseconds (this measurement's base for a ratio)
+    ratio: float  # median over rounds of candidate / base in the same round
+    allowed_ratio: float  # the budget as a ratio to this measurement's base
 
     @property
-    def ratio(self) -> float:
-        return self.measured_ms / self.base_measured_ms
+    def allowed_ms(self) -> float:
+        return self.allowed_ratio * self.base_measured_ms
 
     def meets(self, tolerance: float) -> bool:
-        return self.measured_ms <= self.allowed_ms * (1.0 + tolerance)
+        return self.ratio <= self.allowed_ratio * (1.0 + tolerance)
 
     def to_dict(self) -> dict:
         return {
@@ -54,7 +57,8 @@ class Measurement:
             "predicted_ms": self.predicted_ms,
             "measured_ms": self.measured_ms,
             "base_measured_ms": self.base_measured_ms,
-            "allowed_ms": self.allowed_ms,
+            "ratio": self.ratio,
+            "allowed_ratio": self.allowed_ratio,
         }
 
 
@@ -102,20 +106,21 @@ class MeasuredCheck:
             )
         if not self.met:
             lines.append(
-                f"WARNING: measured {last.measured_ms:.3g} ms is above the budget's {last.allowed_ms:.3g} ms "
-                f"(+{self.tolerance:.0%} tolerance) after {len(self.measurements)} measurements"
+                f"WARNING: measured {last.ratio:.3f} of the base ({last.measured_ms:.3g} ms) is above the "
+                f"budget's {last.allowed_ratio:.3f} (+{self.tolerance:.0%} tolerance) after "
+                f"{len(self.measurements)} measurements"
             )
         return lines
 
 
-def allowed_ms(budget: Budget, base_measured_ms: float) -> float:
-    """The latency budget in measured milliseconds: ``latency`` x the base model measured now, and/or
-    ``latency_ms``."""
+def allowed_ratio(budget: Budget, base_measured_ms: float) -> float:
+    """The latency budget as a ratio to the base model measured now: ``latency`` and/or ``latency_ms`` /
+    the base's ms."""
     limits = []
     if budget.latency is not None:
-        limits.append(budget.latency * base_measured_ms)
+        limits.append(budget.latency)
     if budget.latency_ms is not None:
-        limits.append(budget.latency_ms)
+        limits.append(budget.latency_ms / base_measured_ms)
     if not limits:
         raise ValueError("the budget has no latency limit")
     return min(limits)
@@ -130,26 +135,33 @@ def meet_measured_budget(
     steps: int,
 ) -> MeasuredCheck:
     """Measure ``widths`` (and shrink them, see the module docstring). ``measure(matrix) -> ms`` times
-    every row of a (K, G) width matrix in interleaved rounds; row 0 is always the full widths."""
+    every row of a (K, G) width matrix in interleaved rounds, (K, rounds) ms (or (K,): one round); row 0
+    is always the full widths."""
     space = budget.space
     full = space.full_widths()
     widths = np.asarray(widths, dtype=np.int64)
     limit_ms = float(budget.predicted_ms(widths[None, :])[0])
     measurements: list[Measurement] = []
     while True:
-        base_ms, candidate_ms = (float(v) for v in measure(np.vstack([full, widths])))
+        rounds = np.asarray(measure(np.vstack([full, widths])), dtype=np.float64).reshape(2, -1)
+        base_ms, candidate_ms = (float(v) for v in np.median(rounds, axis=1))
         predicted = float(budget.predicted_ms(widths[None, :])[0])
         measurement = Measurement(
-            tuple(int(w) for w in widths), predicted, candidate_ms, base_ms, allowed_ms(budget, base_ms)
+            tuple(int(w) for w in widths),
+            predicted,
+            candidate_ms,
+            base_ms,
+            float(paired_ratios(rounds)[1]),
+            allowed_ratio(budget, base_ms),
         )
         measurements.append(measurement)
         log.info(
-            "measured %.4g ms (%.3f of the base), allowed %.4g ms", candidate_ms, measurement.ratio,
-            measurement.allowed_ms,
+            "measured %.4g ms (%.3f of the base), allowed %.3f", candidate_ms, measurement.ratio,
+            measurement.allowed_ratio,
         )
         if measurement.meets(tolerance) or len(measurements) >= steps:
             return MeasuredCheck(tuple(measurements), measurement.meets(tolerance), tolerance)
-        limit_ms = min(limit_ms, predicted) * measurement.allowed_ms / candidate_ms
+        limit_ms = min(limit_ms, predicted) * measurement.allowed_ratio / measurement.ratio
         shrunk = _repaired(budget, widths, limit_ms)
         while shrunk is not None and np.array_equal(shrunk, widths):
             limit_ms *= EXTRA_SHRINK

@@ -142,7 +142,7 @@ def measured_winner(problem, budget, result, run_dir: Path, *, architecture, eva
     options = problem.settings.latency
     check = meet_measured_budget(
         budget,
-        winner_meter(problem).models,
+        winner_meter(problem).model_rounds,
         list(arch.widths.values()),
         tolerance=options.verify_tolerance,
         steps=options.verify_steps,

@@ -160,7 +160,7 @@ def test_changing_a_setting_measures_a_new_table(model_and_space, tmp_path, chan
     assert not from_cache and other != path and meter.layer_calls == 1
 
 
-@pytest.mark.parametrize("what", ["cpu", "versions", "model", "space"])
+@pytest.mark.parametrize("what", ["cpu", "allocator", "versions", "model", "space"])
 def test_changing_the_machine_runtime_or_model_measures_a_new_table(
     model_and_space, tmp_path, monkeypatch, what
 ):
@@ -170,6 +170,8 @@ def test_changing_the_machine_runtime_or_model_measures_a_new_table(
     identity = IDENTITY
     if what == "cpu":
         monkeypatch.setattr(latency_cache, "cpu_model", lambda: "Another CPU @ 9 GHz")
+    elif what == "allocator":
+        monkeypatch.setattr(latency_cache, "steady_allocator", lambda: "system default")
     elif what == "versions":
         monkeypatch.setattr(latency_cache, "runtime_version", lambda runtime: "torch 99.0")
     elif what == "model":

@@ -4,6 +4,8 @@ runtime package is a one-line error naming the extra to install."""
 from __future__ import annotations
 
 import importlib.util
+import platform
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ import torch
 from acp.core.architecture import ModelIdentity
 from acp.errors import UserError
 from acp.latency import load_or_build
-from acp.latency.runtimes import RUNTIMES, prepare, require_runtime
+from acp.latency.allocator import steady_allocator
+from acp.latency.runtimes import RUNTIMES, Timing, paired_ratios, prepare, require_runtime, time_rounds
 from acp.latency.table import standalone_layer
 from acp.prune import build_space
 from acp.settings import LatencySettings
@@ -94,3 +97,28 @@ def test_acp_latency_measures_caches_and_suggests_a_round_to(tmp_path, capsys):
     assert "(read from the cache)" in capsys.readouterr().out
     assert main(["latency", str(config), "--quiet", "--runtime", "tensorrt"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_ratio_is_paired_by_round():
+    rounds = np.array([[10.0, 20.0, 12.0], [5.0, 10.0, 7.2], [2.0, 8.0, 3.6]])
+    assert paired_ratios(rounds) == pytest.approx([1.0, 0.5, 0.3])
+
+
+def test_a_visit_keeps_its_fastest_forward():
+    durations = iter([0.030, 0.010, 0.020] * 10)
+
+    def call():
+        end = time.perf_counter() + next(durations)
+        while time.perf_counter() < end:
+            pass
+
+    figures = time_rounds([call], Timing(rounds=1, warmup=0, min_repeats=3, min_seconds=0.0), threads=1)
+    assert figures.shape == (1, 1) and 10.0 <= figures[0, 0] < 15.0
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_timing_fixes_the_glibc_malloc_thresholds_once():
+    described = steady_allocator()
+    assert described == "glibc mmap_threshold=33554432 trim_threshold=67108864"
+    time_rounds([lambda: None], Timing(rounds=1, warmup=0, min_repeats=1, min_seconds=0.0), threads=1)
+    assert steady_allocator() is described

@@ -10,7 +10,7 @@ import pytest
 from acp.core.architecture import ModelIdentity
 from acp.core.budget import Budget
 from acp.latency.table import build_latency_model
-from acp.latency.verify import allowed_ms, meet_measured_budget
+from acp.latency.verify import allowed_ratio, meet_measured_budget
 from acp.prune import build_space
 from acp.testing import SyntheticMeter
 
@@ -97,7 +97,7 @@ def test_a_millisecond_budget_is_met_in_measured_milliseconds(space, latency):
     )
     assert check.met and check.shrunk
     assert check.measurements[-1].measured_ms <= limit
-    assert allowed_ms(budget, base_measured_ms=123.0) == limit
+    assert allowed_ratio(budget, base_measured_ms=123.0) == pytest.approx(limit / 123.0)
 
 
 def test_a_budget_no_width_meets_is_reported_after_the_last_measurement(space, latency):
@@ -107,3 +107,30 @@ def test_a_budget_no_width_meets_is_reported_after_the_last_measurement(space, l
     assert not check.met and len(check.measurements) <= 3
     assert check.record()["measured_budget_met"] is False
     assert check.lines()[-1].startswith("WARNING: measured")
+
+
+class PhasedRuntime:
+    """A shared machine: every call of a round is slowed by that round's factor (a slow phase lasts longer
+    than a round), and the base's fastest round is not the candidate's."""
+
+    def __init__(self, latency, factors):
+        self.latency, self.factors = latency, np.asarray(factors, dtype=float)
+
+    def __call__(self, matrix):
+        exact = np.asarray(self.latency(matrix), dtype=float)[:, None] * self.factors[None, :]
+        exact[0, 0] *= 0.8  # the base alone had a lucky visit
+        return exact
+
+
+def test_the_ratio_is_paired_by_round_so_a_slow_phase_cancels(space, latency):
+    budget = Budget(space, latency=0.5, latency_model=latency)
+    widths = searched(budget)
+    runtime = PhasedRuntime(latency, factors=[1.0, 1.6, 1.1, 1.9, 1.3])
+    check = meet_measured_budget(budget, runtime, widths, tolerance=0.02, steps=3)
+    exact = latency(np.vstack([space.full_widths(), widths]))
+    first = check.measurements[0]
+    assert first.ratio == pytest.approx(exact[1] / exact[0])  # the min/min ratio would be 1/0.8 too high
+    assert first.measured_ms == pytest.approx(exact[1] * 1.3) and first.base_measured_ms == pytest.approx(
+        exact[0] * 1.3
+    )
+    assert check.met and not check.shrunk

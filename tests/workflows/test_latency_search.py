@@ -191,7 +191,7 @@ class SlowerThanPredicted:
     def __init__(self, latency):
         self.latency, self.calls = latency, 0
 
-    def models(self, widths):
+    def model_rounds(self, widths):
         self.calls += 1
         return np.asarray(self.latency(widths)) ** 0.8
 
@@ -209,7 +209,7 @@ def test_the_winner_is_measured_and_shrunk_onto_the_measured_budget(tmp_path, mo
     searched = np.array(result.best["widths"])
     assert arch.latency["searched_widths"] == searched.tolist()
     assert np.all(widths <= searched) and not np.array_equal(widths, searched)
-    measured = runtime.models(np.vstack([problem.space.full_widths(), widths]))
+    measured = runtime.model_rounds(np.vstack([problem.space.full_widths(), widths]))
     assert arch.latency["measured_ratio"] == pytest.approx(measured[1] / measured[0])
     assert arch.latency["measured_ratio"] <= 0.6 * 1.02 and arch.latency["measured_budget_met"] is True
     assert arch.latency["predicted_ms"] == pytest.approx(float(latency(widths)))
