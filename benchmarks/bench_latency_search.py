@@ -315,8 +315,8 @@ def accuracy_part(args) -> list[str]:
     model, space = build_space(macs_archs[0].model, macs_archs[0].space)
     model.eval()
     widths = np.array([list(a.widths.values()) for a in macs_archs])
-    measured = measure(model, space, np.vstack([space.full_widths()[None, :], widths]), args)
-    target = float(np.mean(measured[1:] / measured[0]))
+    matrix = np.vstack([space.full_widths()[None, :], widths])
+    target = float(np.mean(measured_ratios(measure(model, space, matrix, args))[1][1:]))
     latency_archs = []
     settings = settings.replace(latency=latency_settings(args, args.cache))
     for seed in range(args.seeds):
@@ -334,8 +334,8 @@ def accuracy_part(args) -> list[str]:
             (out / "done").write_text(str(result.stopped))
         latency_archs.append(out / "best_arch.json")
     both = np.array([list(Architecture.load(p).widths.values()) for p in latency_archs])
-    measured = measure(model, space, np.vstack([space.full_widths()[None, :], widths, both]), args)
-    ratios = measured[1:] / measured[0]
+    matrix = np.vstack([space.full_widths()[None, :], widths, both])
+    ratios = measured_ratios(measure(model, space, matrix, args))[1][1:]
     jobs = []
     for label, paths in (("macs", [d / "arch.json" for d in macs_dirs]), ("latency", latency_archs)):
         for seed, path in enumerate(paths):
@@ -433,8 +433,18 @@ def main(argv=None) -> int:
     for line in lines:
         print(line)
     if not args.no_write and not args.quick:
-        update_section(SECTION, [*provenance_lines("bench_latency_search.py"), "", *lines])
+        update_section(section_for(args), [*provenance_lines("bench_latency_search.py"), "", *lines])
     return 0
+
+
+def section_for(args) -> str:
+    """The RESULTS section: the default runtime and batch (torch, 1) share one with the accuracy part;
+    another runtime or batch gets its own, so its constraint rows do not replace the default's."""
+    if (args.runtime, args.batch) == ("torch", 1):
+        return SECTION
+    if args.part != "constraint":
+        raise SystemExit("--part accuracy is measured on the default runtime and batch (torch, 1)")
+    return f"Latency budgets, {args.runtime} batch {args.batch} (bench_latency_search.py)"
 
 
 if __name__ == "__main__":
