@@ -438,12 +438,10 @@ def main(argv=None) -> int:
 
 
 def section_for(args) -> str:
-    """The RESULTS section: the default runtime and batch (torch, 1) share one with the accuracy part;
-    another runtime or batch gets its own, so its constraint rows do not replace the default's."""
+    """The RESULTS section: the default runtime and batch (torch, 1) have one; another runtime or batch
+    gets its own, so its rows do not replace the default's (use another ``--out`` for it too)."""
     if (args.runtime, args.batch) == ("torch", 1):
         return SECTION
-    if args.part != "constraint":
-        raise SystemExit("--part accuracy is measured on the default runtime and batch (torch, 1)")
     return f"Latency budgets, {args.runtime} batch {args.batch} (bench_latency_search.py)"
 
 
