@@ -454,7 +454,8 @@ class ProxySettings(Section):
     eval_batch_size: int = setting(500, int, *POSITIVE)
     validation_images: int = setting(500, int, *POSITIVE)  # held out of the training split
     recalibrate_bn: bool = setting(True, bool)
-    score: str = setting("loss", str, *one_of("accuracy", "loss"))
+    # "accuracy" scores classifiers, "map50" / "map" detectors, "loss" both (require_task checks which)
+    score: str = setting("loss", str, *one_of("accuracy", "loss", "map50", "map"))
     finetune_steps: int = setting(0, int, *NON_NEGATIVE)
     finetune_lr: float = setting(0.01, float, *within(0, math.inf))
     finetune_momentum: float = setting(0.9, float, *within(0, 1, open_high=True))
@@ -472,9 +473,30 @@ class ProxySettings(Section):
         if self.finetune_steps and self.calibration_batches == 0:
             self.fail("calibration_batches", "finetune_steps need calibration batches (their images)")
 
+    # the scores each task's proxy computes (acp.proxy.evaluator / acp.proxy.detection)
+    TASK_SCORES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "classification": ("accuracy", "loss"),
+        "detection": ("map50", "map", "loss"),
+    }
+
     @property
     def calibration_images(self) -> int:
         return self.calibration_batches * self.calibration_batch_size
+
+    def require_task(self, task: str) -> ProxySettings:
+        """These settings, when ``score`` is one the ``task``'s proxy computes; else a UserError naming
+        ``[proxy].score``. The one check of the task/score combination: every evaluator calls it."""
+        if task not in self.TASK_SCORES:
+            raise ValueError(f"unknown proxy task {task!r}; known: {', '.join(self.TASK_SCORES)}")
+        allowed = self.TASK_SCORES[task]
+        if self.score not in allowed:
+            scored_by = [other for other, scores in self.TASK_SCORES.items() if self.score in scores]
+            self.fail(
+                "score",
+                f"{self.score!r} scores {' and '.join(scored_by)} models, not {task}; a {task} proxy is "
+                f"scored by {one_of(*allowed)[1]}",
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -569,10 +591,11 @@ class LatencySettings(Section):
     cache_dir: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True, execution=True)
     # a search under a latency budget measures its winner against the base model (verify_rounds
     # interleaved rounds, ratio paired by round) and shrinks it until measured <= budget x
-    # (1 + verify_tolerance), measuring at most verify_steps times (acp.latency.verify)
+    # (1 + verify_tolerance), bracketing the budget so an overshoot grows back, measuring at most
+    # verify_steps times (acp.latency.verify)
     verify_winner: bool = setting(True, bool)
     verify_tolerance: float = setting(0.02, float, *within(0, 1))
-    verify_steps: int = setting(4, int, *POSITIVE)
+    verify_steps: int = setting(6, int, *POSITIVE)
     verify_rounds: int = setting(20, int, *POSITIVE)
 
 

@@ -55,7 +55,7 @@ def test_a_winner_slower_than_predicted_is_shrunk_until_it_measures_within_the_b
     check = meet_measured_budget(budget, runtime, widths, tolerance=0.02, steps=6)
 
     assert check.met and check.shrunk
-    last = check.measurements[-1]
+    last = check.kept_measurement
     truth = runtime(np.vstack([space.full_widths(), check.widths]))
     assert last.measured_ms == pytest.approx(truth[1]) and last.base_measured_ms == pytest.approx(truth[0])
     assert last.ratio <= 0.5 * 1.02
@@ -96,7 +96,7 @@ def test_a_millisecond_budget_is_met_in_measured_milliseconds(space, latency):
         budget, SlowRuntime(latency, power=1.0, drift=1.25), searched(budget), tolerance=0.0, steps=6
     )
     assert check.met and check.shrunk
-    assert check.measurements[-1].measured_ms <= limit
+    assert check.kept_measurement.measured_ms <= limit
     assert allowed_ratio(budget, base_measured_ms=123.0) == pytest.approx(limit / 123.0)
 
 
@@ -134,3 +134,33 @@ def test_the_ratio_is_paired_by_round_so_a_slow_phase_cancels(space, latency):
         exact[0] * 1.3
     )
     assert check.met and not check.shrunk
+
+
+class CliffRuntime:
+    """Measured ratio = predicted ratio x 1.2 above a cliff at ``cliff`` of the base, x 0.8 below it (the
+    base itself as predicted): the first shrink (by the miss, 1.2) lands far under the budget."""
+
+    def __init__(self, latency, cliff: float):
+        self.latency, self.cliff, self.calls = latency, cliff, 0
+
+    def __call__(self, matrix):
+        self.calls += 1
+        predicted = np.asarray(self.latency(matrix), dtype=float)
+        ratio = predicted / predicted[0]
+        return predicted * np.where(ratio > 0.99, 1.0, np.where(ratio > self.cliff, 1.2, 0.8))
+
+
+def test_a_shrink_that_overshot_grows_back_towards_the_budget(space, latency):
+    budget = Budget(space, latency=0.5, latency_model=latency)
+    widths = searched(budget)
+    runtime = CliffRuntime(latency, cliff=0.46)
+    check = meet_measured_budget(budget, runtime, widths, tolerance=0.02, steps=6)
+    ratios = [m.predicted_ms / latency.base_ms for m in check.measurements]
+    first_hit = next(m for m in check.measurements if m.meets(0.02))
+    assert check.met and check.shrunk and len(check.measurements) == runtime.calls <= 6
+    assert not check.measurements[0].meets(0.02)  # the premise: the searched widths miss
+    assert check.kept_measurement.meets(0.02)
+    assert check.kept_measurement.predicted_ms > first_hit.predicted_ms  # grew back from the overshoot
+    assert 0.40 < ratios[check.kept] <= 0.46 + 1e-9  # the widest shape under the cliff the check found
+    assert np.all(check.widths <= widths)
+    assert len({m.widths for m in check.measurements}) == len(check.measurements)  # nothing measured twice
