@@ -32,6 +32,11 @@ was seen before returns that same object, caches included -- a worker-side singl
 scatter=[evaluator])``) sends it once per worker; with loky, the evaluator travels with each batch of
 tasks (send batches, not single candidates) and the singleton keeps the per-worker copy and its cache.
 See :func:`evaluate_widths` for a task function.
+
+Tasks: :class:`ProxyEvaluator` scores classifiers; :class:`acp.proxy.detection.DetectionProxyEvaluator`
+scores torchvision detectors by the same steps. Both are :class:`BaseProxyEvaluator` -- the caching, the
+kept channels, Architectures, failures, the token and the shipping above are shared; a task supplies its
+data type, its calibration batches, its training loss (finetune steps) and its score.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -60,7 +66,7 @@ from acp.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
-SCORES = ("accuracy", "loss")
+SCORES = ProxySettings.TASK_SCORES["classification"]
 FAILED_SCORE = float("-inf")
 WORKER_REGISTRY_SIZE = 4  # evaluators kept alive per worker process (one per concurrent search is plenty)
 
@@ -71,8 +77,8 @@ class Result:
 
     widths: tuple[int, ...]
     score: float
-    accuracy: float  # nan when failed
-    loss: float  # mean cross-entropy; nan when failed
+    accuracy: float  # classification: the accuracy; detection: see acp.proxy.detection; nan when failed
+    loss: float  # classification: mean cross-entropy; detection: see acp.proxy.detection; nan when failed
     macs: int | None  # None when the widths were not even valid
     params: int | None
     seconds: float  # wall time of the evaluation that produced it (also on cache hits)
@@ -102,12 +108,15 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     ]
 
 
-def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any]) -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches``; returns the number of layers.
 
-    Statistics are reset, then accumulated as the plain average over batches of each batch's mean and
-    unbiased variance (``momentum=None``). Only the BatchNorms run in train mode; the model ends in eval
-    mode with the original momenta.
+    A batch is whatever ``model`` takes: an image tensor ``(N, C, H, W)`` for a classifier, a list of
+    ``(C, H, W)`` images for a torchvision detector (whose eval-mode forward -- transform, network, box
+    decoding -- then runs with only its BatchNorms in train mode; FrozenBatchNorm2d has no statistics to
+    re-estimate). Statistics are reset, then accumulated as the plain average over batches of each batch's
+    mean and unbiased variance (``momentum=None``). Only the BatchNorms run in train mode; the model ends
+    in eval mode with the original momenta.
     """
     norms = batchnorm_layers(model)
     if not norms:
@@ -157,22 +166,29 @@ def combined_score(correct: int, loss: float, count: int, kind: str) -> float:
 # --- the evaluator -----------------------------------------------------------------------------------
 
 
-class ProxyEvaluator:
-    """Scores width vectors of ``space`` by the recipe in the module docstring.
+class BaseProxyEvaluator:
+    """Scores width vectors of ``space`` by the recipe in the module docstring, for one task.
 
     ``criterion`` chooses the kept channels: anything with ``select(group_id, width) -> sorted indices``;
     if it also has ``ranking(group_id)`` (acp's criteria do), the rankings are read once here and the
     criterion object itself is not kept. ``identity`` names the model in the Architectures it builds
     (default: a placeholder ``"<in-memory>"`` -- pass the real one to save ``architecture(...)`` results).
     The base model is copied; later changes to the caller's model do not affect scores.
+
+    A task subclass sets :attr:`TASK` (the scores :meth:`ProxySettings.require_task` allows) and
+    :attr:`DATA` (its data type, rebuilt from ``__getstate__`` in workers), and implements
+    :meth:`_check_inputs`, :meth:`_calibration`, :meth:`_training_loss` and :meth:`_score`.
     """
+
+    TASK: ClassVar[str]
+    DATA: ClassVar[type]
 
     def __init__(
         self,
         base_model: nn.Module,
         space,
         criterion,
-        data: ProxyData,
+        data,
         settings: ProxySettings | None = None,
         *,
         identity: ModelIdentity | None = None,
@@ -180,23 +196,18 @@ class ProxyEvaluator:
         settings = ProxySettings() if settings is None else settings
         if not isinstance(settings, ProxySettings):
             raise UserError(f"proxy settings: expected ProxySettings, got {type(settings).__name__}")
-        if not isinstance(data, ProxyData):
-            raise UserError(f"proxy data: expected ProxyData, got {type(data).__name__}")
+        settings.require_task(self.TASK)
+        if not isinstance(data, self.DATA):
+            raise UserError(f"proxy data: expected {self.DATA.__name__}, got {type(data).__name__}")
         if not isinstance(base_model, nn.Module):
             raise UserError(f"base_model: expected a torch.nn.Module, got {type(base_model).__name__}")
         if not hasattr(criterion, "select"):
             raise UserError(f"criterion: expected an object with select(group_id, width), got {criterion!r}")
-        data.calibration_batches(settings.calibration_batch_size, settings.calibration_batches)  # enough?
-        expected = tuple(space.input_shape[1:])
-        if tuple(data.validation_images.shape[1:]) != expected:
-            raise UserError(
-                f"proxy data: images are {tuple(data.validation_images.shape[1:])}, the space was built for "
-                f"{expected}"
-            )
+        self._check_inputs(base_model, space, data, settings)
         self.settings = settings
         self.space = space
         self.data = data
-        self.identity = identity or ModelIdentity("<in-memory>", None, expected, {})
+        self.identity = identity or ModelIdentity("<in-memory>", None, tuple(space.input_shape[1:]), {})
         self.criterion_name = str(getattr(criterion, "name", type(criterion).__name__))
         self._base = copy.deepcopy(base_model).eval()
         if hasattr(criterion, "ranking"):
@@ -210,11 +221,33 @@ class ProxyEvaluator:
         self._reset_runtime_state()
 
     def _reset_runtime_state(self) -> None:
+        """Caches and counters (dropped when pickled); a task adds its lazily built inputs."""
         self._cache: OrderedDict[tuple[int, ...], Result] = OrderedDict()
-        self._inputs: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
-        self._validation_cl: torch.Tensor | None = None
         self.evaluations = 0  # evaluations actually run (cache misses)
         self.cache_hits = 0
+
+    # --- the task's part ---------------------------------------------------------------------------
+
+    def _check_inputs(self, base_model: nn.Module, space, data, settings: ProxySettings) -> None:
+        """UserError when ``data`` cannot serve ``settings`` or does not fit the model or ``space``."""
+        raise NotImplementedError
+
+    def _calibration(self) -> tuple[list, list]:
+        """(input batches, target batches) of the calibration images: what the model's forward takes
+        (BatchNorm recalibration) and what :meth:`_training_loss` takes with them (finetune steps)."""
+        raise NotImplementedError
+
+    def _training_loss(self, model: nn.Module, inputs, targets) -> torch.Tensor:
+        """The differentiable loss of ``model`` (in train mode) on one calibration batch."""
+        raise NotImplementedError
+
+    def _score(self, model: nn.Module) -> tuple[float, float, float]:
+        """(score, accuracy, loss) of the prepared ``model`` on the proxy-validation images."""
+        raise NotImplementedError
+
+    def _token_parts(self) -> bytes:
+        """What else decides a score, beyond the settings, data, space, weights and rankings."""
+        return b""
 
     # --- public API --------------------------------------------------------------------------------
 
@@ -296,16 +329,13 @@ class ProxyEvaluator:
             macs, params = self.space.cost(np.asarray(key, dtype=np.int64))
             with torch_threads(self.settings.threads):
                 model = self._prepare(key)
-                _, _, labels = self._batches()
-                images = self._validation_inputs()
-                correct, loss = score_model(model, images, labels, self.settings.eval_batch_size)
+                score, accuracy, loss = self._score(model)
         except Exception as error:
             return self._failed(key, macs, params, time.perf_counter() - began, error)
-        count = len(labels)
         return Result(
             widths=key,
-            score=combined_score(correct, loss, count, self.settings.score),
-            accuracy=correct / count,
+            score=score,
+            accuracy=accuracy,
             loss=loss,
             macs=int(macs),
             params=int(params),
@@ -318,14 +348,14 @@ class ProxyEvaluator:
         model = materialize(self._base, architecture, self.space)
         if self.settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        calibration, calibration_labels, _ = self._batches()
+        calibration, calibration_targets = self._calibration()
         if self.settings.finetune_steps:
-            self._finetune(model, calibration, calibration_labels)
+            self._finetune(model, calibration, calibration_targets)
         if self.settings.recalibrate_bn:
             recalibrate_batchnorm(model, calibration)
         return model.eval()
 
-    def _finetune(self, model: nn.Module, images: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
+    def _finetune(self, model: nn.Module, inputs: list, targets: list) -> None:
         settings = self.settings
         optimizer = torch.optim.SGD(
             model.parameters(),
@@ -338,8 +368,8 @@ class ProxyEvaluator:
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(settings.finetune_seed)
             for step in range(settings.finetune_steps):
-                batch = step % len(images)
-                loss = F.cross_entropy(model(images[batch]), labels[batch])
+                batch = step % len(inputs)
+                loss = self._training_loss(model, inputs[batch], targets[batch])
                 if not torch.isfinite(loss):
                     raise NonFiniteScore(f"non-finite loss at finetune step {step + 1}")
                 optimizer.zero_grad(set_to_none=True)
@@ -377,6 +407,81 @@ class ProxyEvaluator:
             return tuple(np.sort(ranking[:width]).tolist())
         return tuple(int(index) for index in self._criterion.select(group_id, width))
 
+    def _compute_token(self) -> str:
+        digest = hashlib.sha256()
+        # validation_images is left out: the data fingerprint covers the slice (and runs made before the
+        # field moved into ProxySettings keep their token, so they still resume)
+        scoring = {k: v for k, v in asdict(self.settings).items() if k != "validation_images"}
+        digest.update(repr(sorted(scoring.items())).encode())
+        digest.update(self.data.fingerprint().encode())
+        digest.update(repr([(g.id, g.full_width) for g in self.space.groups]).encode())
+        for name, tensor in self._base.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self._rankings is not None:
+            for group_id, ranking in self._rankings.items():
+                digest.update(group_id.encode() + ranking.tobytes())
+        else:
+            digest.update(f"criterion@{id(self._criterion)}".encode())  # opaque: never shared by token
+        digest.update(self._token_parts())
+        return digest.hexdigest()[:24]
+
+    # --- pickling: ship state once, rebuild lazily -------------------------------------------------
+
+    def __reduce__(self):
+        state = {
+            "base": self._base,
+            "space": self.space,
+            "rankings": self._rankings,
+            "criterion": self._criterion,
+            "criterion_name": self.criterion_name,
+            "data": self.data.__getstate__(),
+            "settings": self.settings,
+            "identity": self.identity,
+        }
+        return (_restore_evaluator, (self.token, state, type(self)))
+
+    def __deepcopy__(self, memo):
+        clone = object.__new__(type(self))
+        _install_state(clone, self.token, copy.deepcopy(self.__reduce__()[1][1], memo))
+        return clone
+
+
+class ProxyEvaluator(BaseProxyEvaluator):
+    """The classification proxy (module docstring): ``data`` is a :class:`ProxyData` of normalized image
+    tensors and labels; ``settings.score`` is ``"loss"`` or ``"accuracy"``."""
+
+    TASK = "classification"
+    DATA = ProxyData
+
+    def _check_inputs(self, base_model: nn.Module, space, data: ProxyData, settings: ProxySettings) -> None:
+        data.calibration_batches(settings.calibration_batch_size, settings.calibration_batches)  # enough?
+        expected = tuple(space.input_shape[1:])
+        if tuple(data.validation_images.shape[1:]) != expected:
+            raise UserError(
+                f"proxy data: images are {tuple(data.validation_images.shape[1:])}, the space was built for "
+                f"{expected}"
+            )
+
+    def _reset_runtime_state(self) -> None:
+        super()._reset_runtime_state()
+        self._inputs: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
+        self._validation_cl: torch.Tensor | None = None
+
+    def _calibration(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        images, labels, _ = self._batches()
+        return images, labels
+
+    def _training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(images), labels)
+
+    def _score(self, model: nn.Module) -> tuple[float, float, float]:
+        _, _, labels = self._batches()
+        images = self._validation_inputs()
+        correct, loss = score_model(model, images, labels, self.settings.eval_batch_size)
+        count = len(labels)
+        return combined_score(correct, loss, count, self.settings.score), correct / count, loss
+
     def _batches(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Calibration image batches, their label batches, validation labels (built once, lazily)."""
         if self._inputs is None:
@@ -400,50 +505,14 @@ class ProxyEvaluator:
             return self._validation_cl
         return self.data.validation_images
 
-    def _compute_token(self) -> str:
-        digest = hashlib.sha256()
-        # validation_images is left out: the data fingerprint covers the slice (and runs made before the
-        # field moved into ProxySettings keep their token, so they still resume)
-        scoring = {k: v for k, v in asdict(self.settings).items() if k != "validation_images"}
-        digest.update(repr(sorted(scoring.items())).encode())
-        digest.update(self.data.fingerprint().encode())
-        digest.update(repr([(g.id, g.full_width) for g in self.space.groups]).encode())
-        for name, tensor in self._base.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        if self._rankings is not None:
-            for group_id, ranking in self._rankings.items():
-                digest.update(group_id.encode() + ranking.tobytes())
-        else:
-            digest.update(f"criterion@{id(self._criterion)}".encode())  # opaque: never shared by token
-        return digest.hexdigest()[:24]
 
-    # --- pickling: ship state once, rebuild lazily -------------------------------------------------
-
-    def __reduce__(self):
-        state = {
-            "base": self._base,
-            "space": self.space,
-            "rankings": self._rankings,
-            "criterion": self._criterion,
-            "criterion_name": self.criterion_name,
-            "data": self.data.__getstate__(),
-            "settings": self.settings,
-            "identity": self.identity,
-        }
-        return (_restore_evaluator, (self.token, state))
-
-    def __deepcopy__(self, memo):
-        clone = object.__new__(ProxyEvaluator)
-        _install_state(clone, self.token, copy.deepcopy(self.__reduce__()[1][1], memo))
-        return clone
+# token -> the evaluator unpickled in this process (a worker-side singleton, module docstring)
+_WORKER_EVALUATORS: OrderedDict[str, BaseProxyEvaluator] = OrderedDict()
 
 
-_WORKER_EVALUATORS: OrderedDict[str, ProxyEvaluator] = OrderedDict()
-
-
-def _install_state(evaluator: ProxyEvaluator, token: str, state: dict) -> None:
-    data = ProxyData.__new__(ProxyData)
+def _install_state(evaluator: BaseProxyEvaluator, token: str, state: dict) -> None:
+    data_type = type(evaluator).DATA
+    data = data_type.__new__(data_type)
     data.__setstate__(state["data"])
     evaluator.settings = state["settings"]
     evaluator.space = state["space"]
@@ -457,13 +526,13 @@ def _install_state(evaluator: ProxyEvaluator, token: str, state: dict) -> None:
     evaluator._reset_runtime_state()
 
 
-def _restore_evaluator(token: str, state: dict) -> ProxyEvaluator:
+def _restore_evaluator(token: str, state: dict, evaluator_type: type = ProxyEvaluator) -> BaseProxyEvaluator:
     """Unpickling hook: the process-wide evaluator for ``token`` (built on first sight)."""
     existing = _WORKER_EVALUATORS.get(token)
-    if existing is not None:
+    if existing is not None and type(existing) is evaluator_type:
         _WORKER_EVALUATORS.move_to_end(token)
         return existing
-    evaluator = object.__new__(ProxyEvaluator)
+    evaluator = object.__new__(evaluator_type)
     _install_state(evaluator, token, state)
     _WORKER_EVALUATORS[token] = evaluator
     while len(_WORKER_EVALUATORS) > WORKER_REGISTRY_SIZE:
@@ -497,19 +566,11 @@ def finalist_proxy_data(
     too small for even one, the search proxy's own validation images are reused, with a warning."""
     from acp.proxy.data import proxy_slices
 
+    def slices(train, calibration_images, validation_images, seed):
+        return proxy_slices(data.labels, train, calibration_images, validation_images, seed=seed)
+
     train = np.unique(np.asarray(train_indices, dtype=np.int64))
-    _, used = proxy_slices(
-        data.labels, train, max(1, proxy.calibration_images), proxy.validation_images, seed=seed
-    )
-    calibration_images = min(max(1, finalist.calibration_images), len(train) - 1)
-    calibration, _ = proxy_slices(data.labels, train, calibration_images, 1, seed=seed)
-    left = len(np.setdiff1d(np.setdiff1d(train, calibration), used))
-    avoid, count = used, min(finalist.validation_images, left)
-    if count < 1:
-        log.warning("training split too small: finalists are re-scored on the search's validation images")
-        avoid, count = None, min(finalist.validation_images, len(train) - calibration_images)
-    elif count < finalist.validation_images:
-        log.info("finalists are re-scored on %d validation images (all the training split has left)", count)
+    calibration_images, count, avoid = finalist_slice_sizes(slices, train, proxy, finalist, seed=seed)
     return ProxyData.from_image_data(
         data,
         train,
@@ -518,6 +579,25 @@ def finalist_proxy_data(
         seed=seed,
         avoid=avoid,
     )
+
+
+def finalist_slice_sizes(
+    slices, train: np.ndarray, proxy: ProxySettings, finalist: ProxySettings, *, seed: int
+) -> tuple[int, int, np.ndarray | None]:
+    """(calibration images, validation images, indices the validation slice avoids) of the finalists'
+    proxy data (:func:`finalist_proxy_data`), for a task's ``slices(train, calibration_images,
+    validation_images, seed) -> (calibration, validation)`` indices."""
+    _, used = slices(train, max(1, proxy.calibration_images), proxy.validation_images, seed)
+    calibration_images = min(max(1, finalist.calibration_images), len(train) - 1)
+    calibration, _ = slices(train, calibration_images, 1, seed)
+    left = len(np.setdiff1d(np.setdiff1d(train, calibration), used))
+    avoid, count = used, min(finalist.validation_images, left)
+    if count < 1:
+        log.warning("training split too small: finalists are re-scored on the search's validation images")
+        avoid, count = None, min(finalist.validation_images, len(train) - calibration_images)
+    elif count < finalist.validation_images:
+        log.info("finalists are re-scored on %d validation images (all the training split has left)", count)
+    return calibration_images, count, avoid
 
 
 def fit_to_training_split(settings: ProxySettings, train_size: int) -> ProxySettings:
@@ -547,6 +627,7 @@ def fit_to_training_split(settings: ProxySettings, train_size: int) -> ProxySett
 
 __all__ = [
     "FAILED_SCORE",
+    "BaseProxyEvaluator",
     "ProxyData",
     "ProxyEvaluator",
     "ProxySettings",
@@ -556,6 +637,7 @@ __all__ = [
     "default_proxy_data",
     "evaluate_widths",
     "finalist_proxy_data",
+    "finalist_slice_sizes",
     "fit_to_training_split",
     "recalibrate_batchnorm",
     "score_model",
