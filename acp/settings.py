@@ -89,7 +89,7 @@ NON_EMPTY = (lambda value: value is None or bool(value.strip())), "a non-empty s
 
 SPLIT_PATTERN = re.compile(r"^(auto|shared|cifar10-shared|tail:[1-9]\d*|random:(0?\.\d*[1-9]\d*))$")
 SPLIT_WORDING = "'auto', 'shared', 'tail:K' (K >= 1) or 'random:F' (0 < F < 1)"
-CRITERIA = ("cluster", "l1", "l2", "bn_scale", "hrank", "redundancy", "task", "random")
+CRITERIA = ("cluster", "l1", "l2", "bn_scale", "hrank", "redundancy", "task", "box_relevance", "random")
 SCHEDULES = ("cosine", "onecycle", "constant")
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?"
@@ -247,8 +247,11 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+GENERATED_DATA = ("digits", "shapes")  # data specs that name a generated set, not a path
+
+
 def _resolve_path(value: str, base_dir: Path) -> str:
-    if value == "digits" or value.startswith("digits:"):
+    if any(value == name or value.startswith(f"{name}:") for name in GENERATED_DATA):
         return value
     path = Path(value)
     try:
@@ -289,6 +292,17 @@ class ModelSettings(Section):
     weights: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True)
     input_size: list | None = setting(None, (list, NONE), _input_size, "[channels, height, width]")
     kwargs: dict = setting({}, dict)
+
+
+@dataclass(frozen=True)
+class TaskSettings(Section):
+    """``[task]``: what the model does. ``auto`` (the default) follows the model: a torchvision box
+    detector (``acp.models.detection``) is a detection task, anything else classification. A detection
+    run takes detection data (``shapes[:SIZE]``, a Pascal VOC tree or COCO instances) and is scored by
+    ``[proxy] score`` = ``map50``, ``map`` or ``loss``."""
+
+    SECTION: ClassVar[str] = "task"
+    kind: str = setting("auto", str, *one_of("auto", "classification", "detection"))
 
 
 @dataclass(frozen=True)
@@ -645,6 +659,7 @@ SECTIONS: dict[str, type[Section]] = {
     section.SECTION: section
     for section in (
         ModelSettings,
+        TaskSettings,
         DataSettings,
         SpaceSettings,
         BudgetSettings,
@@ -662,6 +677,7 @@ class RunSettings:
     """A run configuration: every TOML section as its settings object, and where it came from."""
 
     model: ModelSettings
+    task: TaskSettings = field(default_factory=TaskSettings)
     data: DataSettings = field(default_factory=DataSettings)
     space: SpaceSettings = field(default_factory=SpaceSettings)
     budget: BudgetSettings = field(default_factory=BudgetSettings)

@@ -1,0 +1,23 @@
+"""Stage 1: feature statistics on calibration images (a classifier's, or a detector's with box masks),
+clustering proposals of the widths, and the channel criteria that rank each group's channels."""
+
+from acp.propose.clustering import Proposal, proposal_to_architecture, propose_widths
+from acp.propose.criteria import CRITERIA, Criterion, RankedCriterion, make_criterion
+from acp.propose.detection_features import box_mask, detection_statistics, transform_with_box_masks
+from acp.propose.features import FeatureStatistics, GroupStatistics, collect_statistics
+
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "FeatureStatistics",
+    "GroupStatistics",
+    "Proposal",
+    "RankedCriterion",
+    "box_mask",
+    "collect_statistics",
+    "detection_statistics",
+    "make_criterion",
+    "proposal_to_architecture",
+    "propose_widths",
+    "transform_with_box_masks",
+]

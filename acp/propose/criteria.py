@@ -27,6 +27,25 @@ Criteria (``CRITERIA``):
 - ``task``: task relevance. With object masks: the share of the channel's mean response that falls inside
   objects, inside / (inside + outside). Otherwise with labels: the Fisher score of the channel's pooled
   response per image, between-class variance / within-class variance (0 when both are 0).
+- ``box_relevance`` (detectors): how much more strongly a channel responds inside the object boxes than on
+  the background of the calibration images -- the feature-representation criterion (foreground against
+  background response intensity; that paper's exact formula is not public, this is acp's). It needs
+  statistics with box masks (:func:`acp.propose.detection_features.detection_statistics`: masks at the
+  resolution of the detector's transformed images, padding counted as background) and is a UserError on
+  statistics without them (a classifier's). Per channel, with ``a`` the ReLU of its BatchNorm output (the
+  producer's output in a group without BN) at member layer ``l``, image ``n``, map cell ``p``, and ``m``
+  the fraction of that cell's input pixels inside a box (the mask area-downsampled to the map)::
+
+      inside  = sum_{l,n,p} a * m       / sum_{l,n,p} m
+      outside = sum_{l,n,p} a * (1 - m) / sum_{l,n,p} (1 - m)
+      box_relevance = inside / (inside + outside)        (0 when both are 0)
+
+  i.e. the mean response per unit of object area against per unit of background area, pooled over member
+  layers and images (an image with more object area, a member with a larger map, weighs more). 1 = fires
+  only inside boxes, 0.5 = indifferent, 0 = only on the background or never. It orders channels as the
+  ratio inside / outside does, without dividing by zero for a channel silent on the background. The number
+  is the statistics' ``foreground_share``, which ``task`` also scores when masks are present;
+  ``box_relevance`` refuses statistics without masks instead of falling back to labels.
 - ``random``: a seeded permutation per group (independent of group order).
 """
 
@@ -267,6 +286,35 @@ class TaskCriterion(Criterion):
         return fisher_scores(stats.mean_response, labels)
 
 
+class BoxRelevanceCriterion(Criterion):
+    name = "box_relevance"
+    needs_statistics = True
+
+    def __init__(
+        self,
+        space: Any,
+        *,
+        model: nn.Module | None = None,
+        statistics: FeatureStatistics | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(space, model=model, statistics=statistics, seed=seed)
+        if not self.statistics.has_masks:  # refused before any ranking is asked for
+            raise UserError(_NEEDS_BOXES)
+
+    def _scores(self, group) -> np.ndarray:
+        stats = self._group_statistics(group)
+        if stats.foreground_share is None:
+            raise UserError(f"{_NEEDS_BOXES} (group {group.id!r} has no inside/outside responses)")
+        return stats.foreground_share
+
+
+_NEEDS_BOXES = (
+    "criterion 'box_relevance' needs detection statistics with object boxes "
+    "(acp.propose.detection_features.detection_statistics); use task or l2 for classifiers"
+)
+
+
 def fisher_scores(responses: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per column: sum_k n_k (mean_k - mean)^2 / sum_k n_k var_k (0 where both are 0, inf if only var is)."""
     responses = np.asarray(responses, dtype=np.float64)
@@ -308,6 +356,7 @@ CRITERIA: dict[str, type[Criterion]] = {
         HRankCriterion,
         RedundancyCriterion,
         TaskCriterion,
+        BoxRelevanceCriterion,
         RandomCriterion,
     )
 }

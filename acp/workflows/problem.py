@@ -31,13 +31,56 @@ class Problem:
     model: nn.Module
     space: ChannelSpace
     weights: str | None  # the weights file actually loaded (None: random init)
+    task: str = "classification"  # "classification" or "detection" (task_of)
     _data: tuple | None = field(default=None, repr=False)
 
     def data(self):
-        """(ImageData, Splits) of ``[data]``; the image shape must fit the model."""
+        """(ImageData, Splits) of ``[data]`` (the image shape must fit the model), or for a detection task
+        (DetectionData, Splits) (its classes must fit the detector)."""
         if self._data is None:
-            self._data = load_split_data(self.settings.data, self.identity, source=self.settings.source)
+            if self.task == "detection":
+                self._data = load_detection_split_data(
+                    self.settings.data, self.identity, source=self.settings.source
+                )
+            else:
+                self._data = load_split_data(self.settings.data, self.identity, source=self.settings.source)
         return self._data
+
+
+def task_of(settings: RunSettings, model: nn.Module) -> str:
+    """``[task] kind``, ``auto`` resolved by the model (a torchvision box detector: detection); a kind the
+    model cannot do is a UserError naming ``[task].kind``."""
+    from acp.models.detection import is_detector
+
+    detector = is_detector(model)
+    kind = settings.task.kind
+    if kind == "auto":
+        return "detection" if detector else "classification"
+    if (kind == "detection") != detector:
+        what = "a torchvision box detector" if detector else "not a box detector acp knows"
+        raise UserError(f"{settings.source}: [task].kind = {kind!r}, but {settings.model.name} is {what}")
+    return kind
+
+
+def load_detection_split_data(data: DataSettings, identity: ModelIdentity, *, source: str = "config"):
+    """(DetectionData, Splits) for ``data``; the detector's ``num_classes`` (background included) must be
+    the data's."""
+    from acp.detection_data import is_detection_spec, load_detection_data, make_detection_splits
+
+    if data.spec is None:
+        raise UserError(f"{source}: [data].spec is required for this command")
+    if not is_detection_spec(data.spec):
+        raise UserError(
+            f"{source}: [data].spec: {data.spec} is not detection data (shapes[:SIZE], a Pascal VOC tree "
+            "or COCO instances), but the model is a box detector"
+        )
+    detection = load_detection_data(data.spec)
+    if identity.num_classes is not None and detection.num_classes != identity.num_classes:
+        raise UserError(
+            f"data {data.spec} has {detection.num_classes - 1} object classes + background = "
+            f"{detection.num_classes}, but [model].num_classes is {identity.num_classes}"
+        )
+    return detection, make_detection_splits(detection, data.split, seed=data.seed)
 
 
 def load_split_data(data: DataSettings, identity: ModelIdentity | None = None, *, source: str = "config"):
@@ -145,8 +188,10 @@ def load_problem(
         raise UserError(f"{settings.source}: [model].weights: a trained weights file is required{hint}")
     else:  # acp info MODEL_NAME: the channel groups do not depend on the weights
         log.info("no [model].weights: using a randomly initialized %s", identity.name)
+    task = task_of(settings, model)
+    settings.proxy.require_task(task)
     space = space_for(model, identity, settings.space.to_dict())
-    return Problem(settings, identity, model, space, weights)
+    return Problem(settings, identity, model, space, weights, task)
 
 
 def base_weights(arch_path, weights: str | None, *, random_weights: bool = False) -> str | None:

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +116,7 @@ def _with_overrides(settings: RunSettings, budget_flags: Mapping, choices: Mappi
 
 
 def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) -> SearchResult:
-    from acp.proxy.evaluator import (
-        ProxyEvaluator,
-        default_proxy_data,
-        finalist_proxy_data,
-        fit_to_training_split,
-    )
+    from acp.proxy.evaluator import fit_to_training_split
     from acp.workflows.latency import search_latency_model, write_search_latency
     from acp.workflows.problem import load_problem
 
@@ -130,13 +126,14 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
     latency_model = search_latency_model(problem, run_dir, resume=resume, progress=progress)
     budget = Budget(space, **settings.budget.to_dict(), latency_model=latency_model)
     data, splits = problem.data()
+    task = _task_parts(problem.task)
     proxy_settings = fit_to_training_split(settings.proxy, len(splits.train))
-    proxy_data = default_proxy_data(data, splits.train, proxy_settings, seed=settings.data.seed)
+    proxy_data = task.proxy_data(data, splits.train, proxy_settings, seed=settings.data.seed)
     if resume:
         proposal_widths, criterion = rundir.read_proposal(run_dir, space)
     else:
         proposal_widths, criterion = _propose(problem, budget, proxy_data)
-    evaluator = ProxyEvaluator(
+    evaluator = task.evaluator(
         problem.model, space, criterion, proxy_data, proxy_settings, identity=problem.identity
     )
     finalist_evaluator = None
@@ -144,11 +141,11 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         finalist_settings = fit_to_training_split(
             settings.rerank.proxy_settings(proxy_settings), len(splits.train)
         )
-        finalist_data = finalist_proxy_data(
+        finalist_data = task.finalist_data(
             data, splits.train, proxy_settings, finalist_settings, seed=settings.data.seed
         )
-        finalist_settings = finalist_settings.replace(validation_images=len(finalist_data.validation_labels))
-        finalist_evaluator = ProxyEvaluator(
+        finalist_settings = finalist_settings.replace(validation_images=task.validation_count(finalist_data))
+        finalist_evaluator = task.evaluator(
             problem.model, space, criterion, finalist_data, finalist_settings, identity=problem.identity
         )
     if not resume:
@@ -156,7 +153,9 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
         rundir.write_proposal(run_dir, proposal_widths, space, criterion)
         write_search_latency(run_dir, latency_model)
-    architecture = _with_preprocessing(evaluator.architecture, Preprocessing.of_data(data))
+    architecture = evaluator.architecture
+    if problem.task == "classification":  # a detector normalizes its own inputs (its transform)
+        architecture = _with_preprocessing(architecture, Preprocessing.of_data(data))
     study = Study(
         space,
         evaluator,
@@ -188,6 +187,37 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
             evaluators=(evaluator, finalist_evaluator),
         )
     return result
+
+
+@dataclass(frozen=True)
+class _TaskParts:
+    """What differs between a classification and a detection search: the proxy's data and evaluator."""
+
+    proxy_data: Callable
+    finalist_data: Callable
+    evaluator: type
+    validation_count: Callable
+
+
+def _task_parts(task: str) -> _TaskParts:
+    if task == "detection":
+        from acp.proxy.detection import (
+            DetectionProxyEvaluator,
+            default_detection_proxy_data,
+            finalist_detection_proxy_data,
+        )
+
+        return _TaskParts(
+            default_detection_proxy_data,
+            finalist_detection_proxy_data,
+            DetectionProxyEvaluator,
+            lambda data: len(data.validation_images),
+        )
+    from acp.proxy.evaluator import ProxyEvaluator, default_proxy_data, finalist_proxy_data
+
+    return _TaskParts(
+        default_proxy_data, finalist_proxy_data, ProxyEvaluator, lambda data: len(data.validation_labels)
+    )
 
 
 def _with_preprocessing(architecture, preprocessing):
@@ -231,9 +261,21 @@ def _propose(problem, budget: Budget, proxy_data):
     from acp.propose.features import collect_statistics
 
     search = problem.settings.search
-    statistics = collect_statistics(
-        problem.model, problem.space, proxy_data.calibration_images, labels=proxy_data.calibration_labels
-    )
+    if problem.task == "detection":
+        from acp.propose.detection_features import detection_statistics
+
+        statistics = detection_statistics(
+            problem.model,
+            problem.space,
+            proxy_data.calibration_images,
+            proxy_data.calibration_targets,
+            num_images=len(proxy_data.calibration_images),
+            batch_size=problem.settings.proxy.calibration_batch_size,
+        )
+    else:
+        statistics = collect_statistics(
+            problem.model, problem.space, proxy_data.calibration_images, labels=proxy_data.calibration_labels
+        )
     proposal = propose_widths(
         statistics,
         problem.space,

@@ -331,7 +331,7 @@ def test_real_space_statistics_proposal_and_criteria_materialize(name, size, cri
     from acp.propose.clustering import proposal_to_architecture
     from acp.propose.criteria import CRITERIA, make_criterion
 
-    assert set(ALL_CRITERIA) == set(CRITERIA)
+    assert set(ALL_CRITERIA) | {"box_relevance"} == set(CRITERIA)  # box masks: test_detection_features.py
     from acp.prune import build_space, materialize, parameter_count
 
     identity = ModelIdentity.for_model(name, 10, input_size=(3, size, size))

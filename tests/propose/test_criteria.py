@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -246,7 +246,13 @@ def all_criteria(channels: int = 6):
         labels=np.array([0, 1, 0, 1]),
     )
     stats.groups["a"].mean_response[:] = rng.normal(size=(4, channels))
-    return {name: make_criterion(name, space, model=model, statistics=stats) for name in CRITERIA}
+    # box_relevance refuses statistics without box masks (tests/propose/test_detection_features.py)
+    share = rng.uniform(size=channels)
+    boxed = replace(stats, has_masks=True, groups={"a": replace(stats.groups["a"], foreground_share=share)})
+    return {
+        name: make_criterion(name, space, model=model, statistics=boxed if name == "box_relevance" else stats)
+        for name in CRITERIA
+    }
 
 
 def test_every_criterion_selects_sorted_nested_indices_of_the_right_length():

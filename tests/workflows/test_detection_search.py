@@ -1,0 +1,115 @@
+"""acp search on a detection config: a torchvision detector on the generated shapes, scored by mAP@0.5,
+the budget met exactly, and a resumed run bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import acp
+from acp.core.architecture import Architecture
+from acp.errors import UserError
+from acp.models import create_model
+from acp.search import store
+from acp.settings import load_settings
+
+pytest.importorskip("torchmetrics.detection")
+
+CONFIG = """
+[model]
+name = "ssdlite320_mobilenet_v3_large"
+num_classes = 4
+weights = "detector.pt"
+input_size = [3, 320, 320]
+kwargs = {{ width_mult = 0.5 }}
+
+[task]
+kind = "{kind}"
+
+[data]
+spec = "{spec}"
+split = "random:0.1"
+
+[budget]
+flops = 0.5
+
+[proxy]
+calibration_batches = 2
+calibration_batch_size = 4
+eval_batch_size = 8
+validation_images = 8
+score = "map50"
+
+[rerank]
+finalists = 2
+finetune_steps = 2
+calibration_batches = 1
+validation_images = 8
+
+[search]
+particles = 3
+random_particles = 1
+criterion = "l1"
+"""
+COMPARED = ("iteration", "particle", "widths", "macs", "params", "score", "status")
+
+
+def write_config(directory, *, kind: str = "auto", spec: str = "shapes:64"):
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = create_model("ssdlite320_mobilenet_v3_large", 4, width_mult=0.5)
+    torch.save(model.state_dict(), directory / "detector.pt")
+    path = directory / "detection.toml"
+    path.write_text(CONFIG.format(kind=kind, spec=spec))
+    return path
+
+
+def history_rows(run_dir) -> list[tuple]:
+    history = store.History(run_dir / store.HISTORY_FILE)
+    try:
+        return [tuple(json.dumps(row[key]) for key in COMPARED) for row in history.rows()]
+    finally:
+        history.close()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("detection")
+    path = write_config(directory)
+    result = acp.search(path, out=directory / "run", iterations=2)
+    return path, directory / "run", result
+
+
+def test_a_detection_search_scores_by_map_and_meets_the_budget(finished):
+    path, run_dir, result = finished
+    arch = Architecture.load(run_dir / "best_arch.json")
+    assert arch.model.name == "ssdlite320_mobilenet_v3_large" and arch.model.num_classes == 4
+    assert arch.macs <= 0.5 * arch.base_macs and arch.macs_ratio > 0.45  # repaired onto the budget
+    rows = store.History(run_dir / store.HISTORY_FILE).rows()
+    scores = [row["score"] for row in rows if row["status"] == "ok"]
+    assert len(scores) == len(rows) == 6 and all(0.0 <= score <= 1.0 for score in scores)  # mAPs
+    assert result.best["score"] in sorted(scores)[-2:]  # the re-ranked winner: one of the 2 finalists
+    assert arch.preprocessing is None  # a detector normalizes its own inputs
+    settings = load_settings(run_dir / "config.toml")
+    assert settings.task.kind == "auto" and settings.proxy.score == "map50"
+
+
+def test_a_resumed_detection_search_equals_the_uninterrupted_one(finished, tmp_path):
+    path, run_dir, _ = finished
+    acp.search(path, out=tmp_path / "cut", iterations=1)
+    acp.search(resume=tmp_path / "cut", iterations=2)
+    assert history_rows(tmp_path / "cut") == history_rows(run_dir)
+    resumed = Architecture.load(tmp_path / "cut" / "best_arch.json")
+    assert resumed.content_equal(Architecture.load(run_dir / "best_arch.json"))
+
+
+def test_a_detector_with_classification_data_or_kind_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"\[task\]\.kind = 'classification', but .* is a torchvision box"):
+        acp.search(write_config(tmp_path / "kind", kind="classification"), out=tmp_path / "k")
+    images = tmp_path / "images"
+    (images / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"\[data\]\.spec: .* is not detection data"):
+        acp.search(write_config(tmp_path / "spec", spec=str(images)), out=tmp_path / "s")
+    assert not (tmp_path / "k").exists() and not (tmp_path / "s").exists()
