@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import acp
 
 PACKAGE = Path(acp.__file__).resolve().parent
@@ -52,9 +54,14 @@ UNITS = {
     "acp.__main__": "api",
 }
 SEARCH_MAY_IMPORT = {"acp.core", "acp.settings", "acp.errors", "acp.fileio", "acp.search"}
-# acp.search is also the public function acp.search(...): calling the package runs the workflow.
+# acp.search and acp.propose are also the public functions acp.search(...) / acp.propose(...): calling the
+# package runs the workflow.
 # acp.detection_data shares classification's split record (acp.data.Splits) so runs record both alike.
-ALLOWED_EXCEPTIONS = {("acp.search", "acp.workflows.search"), ("acp.detection_data", "acp.data")}
+ALLOWED_EXCEPTIONS = {
+    ("acp.search", "acp.workflows.search"),
+    ("acp.propose", "acp.workflows.propose"),
+    ("acp.detection_data", "acp.data"),
+}
 
 
 def unit_of(module: str) -> str:
@@ -158,3 +165,16 @@ def test_benchmarks_use_no_private_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("acp"):
                 private = [alias.name for alias in node.names if alias.name.startswith("_")]
                 assert not private, f"{path.name}:{node.lineno} imports private {private} from {node.module}"
+
+
+def test_public_functions_named_like_their_packages_stay_callable():
+    import acp
+    import acp.propose.criteria  # noqa: F401 -- the attribute acp.propose is now the package
+    import acp.search.study  # noqa: F401
+    from acp.workflows.propose import propose
+    from acp.workflows.search import search
+
+    assert callable(acp.propose) and callable(acp.search)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'settings'"):
+        acp.propose()  # reaches acp.workflows.propose.propose itself
+    assert propose.__module__ == "acp.workflows.propose" and search.__module__ == "acp.workflows.search"

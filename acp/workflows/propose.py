@@ -60,11 +60,14 @@ def propose(
         Budget(problem.space, flops=budget.flops, params=budget.params)  # infeasible: fail before any image
     data, splits = problem.data()
     seed = settings.data.seed
-    calibration = take_stratified(splits.train, data.labels, options.images, seed=seed)
-    images, labels = data.tensors(calibration)
-    statistics = collect_statistics(
-        problem.model, problem.space, images, labels=labels, num_images=len(images)
-    )
+    if problem.task == "detection":
+        statistics = _detection_statistics(problem, data, splits, options.images, seed=seed)
+    else:
+        calibration = take_stratified(splits.train, data.labels, options.images, seed=seed)
+        images, labels = data.tensors(calibration)
+        statistics = collect_statistics(
+            problem.model, problem.space, images, labels=labels, num_images=len(images)
+        )
     if options.mode == "budget":
         proposal = propose_widths(statistics, problem.space, flops=budget.flops, params=budget.params)
     else:
@@ -77,4 +80,19 @@ def propose(
     arch = proposal_to_architecture(
         proposal, problem.space, problem.identity, criterion, space_settings=problem.space.settings, seed=seed
     )
+    if problem.task == "detection":  # a detector normalizes its own inputs (its transform)
+        return ProposeResult(proposal, arch)
     return ProposeResult(proposal, arch.with_preprocessing(Preprocessing.of_data(data)))
+
+
+def _detection_statistics(problem, data, splits, count: int, *, seed: int):
+    """Feature statistics with box masks on ``count`` training images (a seeded draw) of detection data."""
+    import numpy as np
+
+    from acp.propose.detection_features import detection_statistics
+
+    chosen = np.random.default_rng(seed).permutation(np.asarray(splits.train))[:count]
+    images, targets = zip(*(data.sample(int(index)) for index in chosen))
+    return detection_statistics(
+        problem.model, problem.space, list(images), list(targets), num_images=len(chosen)
+    )

@@ -113,3 +113,15 @@ def test_a_detector_with_classification_data_or_kind_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"\[data\]\.spec: .* is not detection data"):
         acp.search(write_config(tmp_path / "spec", spec=str(images)), out=tmp_path / "s")
     assert not (tmp_path / "k").exists() and not (tmp_path / "s").exists()
+
+
+def test_acp_cluster_proposes_a_detector_with_box_relevance(finished):
+    path, _, _ = finished
+    from acp.settings import ProposeSettings
+
+    result = acp.propose(
+        load_settings(path), ProposeSettings(images=8, criterion="box_relevance"), flops=0.5
+    )
+    arch = result.architecture
+    assert arch.macs <= 0.5 * arch.base_macs and arch.preprocessing is None
+    assert arch.provenance["criterion"] == "box_relevance"
