@@ -110,6 +110,12 @@ def print_finetune_summary(metrics: dict, out_dir: Path) -> None:
 
 def print_evaluation(what: str, data: str, split: str, evaluation) -> None:
     print(f"{what} on {data} [{split}, {evaluation.images} images]")
+    if hasattr(evaluation, "map50"):  # a detector (acp.workflows.evaluate.DetectionEvaluation)
+        print(
+            f"mAP@0.5 {evaluation.map50 * 100:.2f}  mAP@[.5:.95] {evaluation.map * 100:.2f}  "
+            f"MACs {evaluation.macs:,}  params {evaluation.params:,}"
+        )
+        return
     print(
         f"top-1 accuracy {evaluation.accuracy * 100:.2f}%  loss {evaluation.loss:.4f}  "
         f"MACs {evaluation.macs:,}  params {evaluation.params:,}"

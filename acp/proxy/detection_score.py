@@ -196,6 +196,13 @@ def score_detector(model: nn.Module, batches: Iterable[Batch], *, metric: str) -
         if count == 0:
             raise UserError("cannot score a detector on no images: the proxy batches are empty")
         return -total / count
+    predictions, all_targets = detect(model, batches)
+    return mean_average_precision(predictions, all_targets, metric=metric)
+
+
+def detect(model: nn.Module, batches: Iterable[Batch]) -> tuple[list[Target], list[Target]]:
+    """(detections, targets) of every image in ``batches``, on the CPU: ``model``'s eval-mode forward
+    under ``torch.inference_mode()``, its train/eval mode restored. UserError when there are no images."""
     predictions: list[Target] = []
     all_targets: list[Target] = []
     with modes_restored(model), torch.inference_mode():
@@ -206,4 +213,4 @@ def score_detector(model: nn.Module, batches: Iterable[Batch], *, metric: str) -
             all_targets.extend({key: value.cpu() for key, value in target.items()} for target in targets)
     if not all_targets:
         raise UserError("cannot score a detector on no images: the proxy batches are empty")
-    return mean_average_precision(predictions, all_targets, metric=metric)
+    return predictions, all_targets

@@ -27,6 +27,21 @@ class Evaluation:
     params: int
 
 
+@dataclass
+class DetectionEvaluation:
+    """A detector on detection data: mAP@0.5 and mAP@[.5:.95] (COCO's 101-point APs, difficult / crowd
+    objects neither hits nor misses; :mod:`acp.proxy.detection_score`) and the network's MACs/params at the
+    architecture's (or the detector's default) input size."""
+
+    map50: float
+    map: float
+    images: int
+    macs: int
+    params: int
+
+EVAL_BATCH_SIZE = 8  # detector images per forward in acp eval
+
+
 def evaluate(
     arch: str | Path | None = None,
     *,
@@ -68,6 +83,10 @@ def evaluate(
     run = rundir.run_settings_near(arch) if arch is not None else None
     base_data = run.data if run is not None else DataSettings()
     data_settings = base_data.replace(spec=data, split=split_method, seed=split_seed)
+    from acp.detection_data import is_detection_spec
+
+    if is_detection_spec(data_settings.spec):
+        return _evaluate_detector(arch, model, weights, data_settings, split, threads)
     images = load_data(
         data_settings.spec,
         cache_limit_gb=data_settings.cache_limit_gb,
@@ -96,6 +115,50 @@ def evaluate(
         accuracy, loss = evaluate_model(network, images, indices)
     macs, params = count_macs_and_params(network, images.image_shape)
     return Evaluation(accuracy, loss, int(len(indices)), macs, params)
+
+
+def _evaluate_detector(arch, model, weights, data_settings: DataSettings, split: str, threads):
+    import torch
+
+    from acp.core.architecture import ModelIdentity
+    from acp.detection_data import iterate_detection_batches, load_detection_data, make_detection_splits
+    from acp.models.detection import detector_input_size, is_detector
+    from acp.proxy.detection_score import detect, mean_average_precision
+    from acp.prune import space_for
+    from acp.threads import available_cores, torch_threads
+
+    data = load_detection_data(data_settings.spec)
+    splits = make_detection_splits(data, data_settings.split, seed=data_settings.seed)
+    if arch is not None:
+        network, recorded = _pruned_model(arch, weights)
+        macs, params = recorded.macs, recorded.params
+    else:
+        from acp.fileio import load_weights_into
+        from acp.models import create_model
+
+        network = create_model(model, num_classes=data.num_classes)
+        if weights is not None:
+            load_weights_into(network, weights)
+        recorded = None
+    if not is_detector(network):
+        raise UserError(
+            f"acp eval: data {data_settings.spec} is detection data, but the model is no box detector"
+        )
+    if recorded is None:
+        identity = ModelIdentity(model, data.num_classes, detector_input_size(model), {})
+        space = space_for(network, identity, {})
+        macs, params = space.base_macs, space.base_params
+    indices = {"train": splits.train, "val": splits.val, "all": np.arange(len(data))}[split]
+    batches = iterate_detection_batches(data, indices, EVAL_BATCH_SIZE, with_ignored=True)
+    with torch_threads(threads or available_cores()), torch.no_grad():
+        predictions, targets = detect(network, batches)
+    return DetectionEvaluation(
+        mean_average_precision(predictions, targets, metric="map50"),
+        mean_average_precision(predictions, targets, metric="map"),
+        int(len(indices)),
+        int(macs),
+        int(params),
+    )
 
 
 def _pruned_model(arch_path, weights):

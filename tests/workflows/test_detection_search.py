@@ -125,3 +125,21 @@ def test_acp_cluster_proposes_a_detector_with_box_relevance(finished):
     arch = result.architecture
     assert arch.macs <= 0.5 * arch.base_macs and arch.preprocessing is None
     assert arch.provenance["criterion"] == "box_relevance"
+
+
+def test_acp_eval_prints_the_map_and_exact_macs_of_a_pruned_and_a_base_detector(finished, capsys):
+    from acp.cli import main
+
+    path, run_dir, _ = finished
+    arch = Architecture.load(run_dir / "best_arch.json")
+    weights = str(path.parent / "detector.pt")
+    assert main(["eval", str(run_dir / "best_arch.json"), "--weights", weights, "--data", "shapes:64"]) == 0
+    pruned = capsys.readouterr().out.splitlines()
+    assert pruned[0].endswith("on shapes:64 [val, 51 images]")  # the run's random:0.1 split
+    assert pruned[1].startswith("mAP@0.5 ") and f"MACs {arch.macs:,}  params {arch.params:,}" in pruned[1]
+    base = [
+        "eval", "--model", "ssdlite320_mobilenet_v3_large", "--weights", weights, "--data", "shapes:64",
+    ]
+    assert main(base) == 2  # the registry's default width: these half-width weights do not fit
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "does not fit the model" in error
