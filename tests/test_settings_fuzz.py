@@ -52,6 +52,7 @@ RULES: dict[str, dict[str, Rule]] = {
 def test_every_field_declares_a_rule_and_a_valid_default():
     assert set(RULES) == {
         "model",
+        "task",
         "data",
         "space",
         "budget",
