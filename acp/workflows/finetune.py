@@ -52,6 +52,7 @@ def finetune(
     ``distill`` are read from the settings).
     """
     from acp.fileio import load_weights_into
+    from acp.models.detection import is_detector
     from acp.prune import build_space, load_architecture
     from acp.threads import available_cores
     from acp.train.finetune import finetune_model
@@ -80,16 +81,24 @@ def finetune(
     else:
         arch, base, space = load_architecture(arch)
     load_weights_into(base, weights)
-    image_data, splits = load_split_data(data_settings)
-    image_data = normalized_as_recorded(image_data, arch.preprocessing, what="finetune")
-    if image_data.image_shape == tuple(arch.model.input_size):  # else finetune_model says what is wrong
-        arch = arch.with_preprocessing(_trained_preprocessing(arch, image_data))
+    task_options = {}
+    if is_detector(base):  # detection data; a detector normalizes its own inputs (its transform)
+        from acp.proxy.detection_score import score_detector
+        from acp.workflows.problem import load_detection_split_data
+
+        train_data, splits = load_detection_split_data(data_settings, arch.model, source="finetune")
+        task_options["score_detector"] = score_detector
+    else:
+        train_data, splits = load_split_data(data_settings)
+        train_data = normalized_as_recorded(train_data, arch.preprocessing, what="finetune")
+        if train_data.image_shape == tuple(arch.model.input_size):  # else finetune_model says what is wrong
+            arch = arch.with_preprocessing(_trained_preprocessing(arch, train_data))
     threads = settings.threads or available_cores()
     result = finetune_model(
         arch,
         base,
         space,
-        image_data,
+        train_data,
         splits,
         out_dir=out_dir,
         schedule=training_schedule if training_schedule is not None else settings.to_schedule(),
@@ -100,6 +109,7 @@ def finetune(
         measure_latency_of_models=measure_latency_of_models,
         on_epoch=on_epoch,
         provenance={"weights": str(weights), "data": str(data_settings.spec), "threads": threads},
+        **task_options,
     )
     # The retrained model's own record of its data and split, so `acp eval DIR` validates on the same images.
     model = run.model if run is not None else ModelSettings(name=arch.model.name)
@@ -130,8 +140,12 @@ def _trained_preprocessing(arch: Architecture, image_data) -> Preprocessing:
 
 
 def absolute_spec(spec: str) -> str:
-    """A data spec that still names the same images when read from another directory."""
-    return spec if spec == "digits" or spec.startswith("digits:") else os.path.abspath(spec)
+    """A data spec that still names the same images when read from another directory (a generated set's
+    name stays as it is)."""
+    from acp.settings import GENERATED_DATA
+
+    generated = any(spec == name or spec.startswith(f"{name}:") for name in GENERATED_DATA)
+    return spec if generated else os.path.abspath(spec)
 
 
 def _data_settings(run, spec: str | None, split: str | None, seed: int | None) -> DataSettings:

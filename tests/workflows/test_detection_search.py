@@ -143,3 +143,21 @@ def test_acp_eval_prints_the_map_and_exact_macs_of_a_pruned_and_a_base_detector(
     assert main(base) == 2  # the registry's default width: these half-width weights do not fit
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "does not fit the model" in error
+
+
+def test_acp_finetune_retrains_the_searched_detector_and_acp_eval_reads_it(finished, tmp_path, capsys):
+    from acp.cli import main
+
+    _, run_dir, _ = finished
+    tuned = acp.finetune(
+        run_dir / "best_arch.json", out_dir=tmp_path / "ft", epochs=1, batch_size=8, lr=0.01, threads=1,
+        measure_latency_of_models=False,
+    )
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["map50_after"] == tuned.metrics["map50_after"] and 0.0 <= metrics["map50_after"] <= 1.0
+    assert metrics["macs"] == Architecture.load(run_dir / "best_arch.json").macs
+    settings = load_settings(tmp_path / "ft" / "config.toml")
+    assert settings.data.spec == "shapes:64" and settings.data.split == "random:0.1"  # not made a path
+    assert main(["eval", str(tmp_path / "ft"), "--data", "shapes:64", "--threads", "1"]) == 0  # as trained
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith(f"mAP@0.5 {metrics['map50_after'] * 100:.2f}  ")  # the same images, the same mAP
