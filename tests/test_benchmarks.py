@@ -159,3 +159,17 @@ def test_bench_latency_search_quick_noise_part_prints_one_row_per_model(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| resnet8_cifar | latency = 0.7 |")]
     assert len(rows) == 1 and len(rows[0].split("|")[4].split(",")) == 2  # one median per pass
+
+
+def test_bench_detection_proxy_quick_runs(tmp_path):
+    pytest.importorskip("torchmetrics.detection")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_detection_proxy.py"), "--quick", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| map50 |", "| loss |"))]
+    assert len(rows) == 2 and all(line.count(" s |") == 2 and "GB |" in line for line in rows)
