@@ -231,6 +231,10 @@ def export_onnx(
     ``metadata_props`` as JSON texts: ``acp.mean``, ``acp.std``, ``acp.input_size``, ``acp.class_names``
     (this needs the ``onnx`` package).
     """
+    from acp.models.detection import is_detector
+
+    if is_detector(model):
+        return _export_detector_onnx(model, input_shape, Path(path), opset=opset)
     shape = tuple(int(d) for d in input_shape)
     if len(shape) == 3:
         shape = (1, *shape)
@@ -272,6 +276,69 @@ def export_onnx(
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+DETECTOR_OUTPUTS = ("boxes", "scores", "labels")
+
+
+def _export_detector_onnx(model: nn.Module, input_shape, path: Path, *, opset: int | None) -> Path:
+    """A torchvision detector as torchvision exports it: input ``image``, one float (3, H, W) image in
+    [0, 1] of any height and width (the detector's transform, box decoding and NMS are in the graph);
+    outputs ``boxes`` (N, 4), ``scores`` (N,), ``labels`` (N,). Written atomically."""
+    channels, height, width = (int(d) for d in tuple(input_shape)[-3:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exported = copy.deepcopy(model).eval()
+    example = torch.rand((channels, height, width), generator=torch.Generator().manual_seed(0))
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing warnings of torchvision's detection code
+            torch.onnx.export(
+                exported,
+                ([example],),
+                temp_name,
+                input_names=["image"],
+                output_names=list(DETECTOR_OUTPUTS),
+                dynamic_axes={
+                    "image": {1: "height", 2: "width"},
+                    **{name: {0: "detections"} for name in DETECTOR_OUTPUTS},
+                },
+                opset_version=opset or 17,
+                dynamo=False,
+            )
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def onnx_detection_difference(model: nn.Module, input_size, path, *, top: int = 10) -> tuple[int, float]:
+    """(compared, largest box difference in pixels): onnxruntime's and PyTorch's ``top`` highest-scoring
+    detections on a seeded image, in score order; RuntimeError when their scores or boxes disagree beyond
+    float tolerance. Detections whose scores tie (an untrained detector's are all equal) cannot be
+    ordered, so only the leading run of distinct scores is compared (0 compared: nothing to check)."""
+    import onnxruntime
+
+    image = torch.rand(tuple(input_size)[-3:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model.eval()([image])[0]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, scores, _ = session.run(None, {"image": image.numpy()})
+    order = np.argsort(-scores, kind="stable")
+    want_scores, want_boxes = expected["scores"].numpy(), expected["boxes"].numpy()
+    count = min(top, len(order), len(want_scores))
+    ties = np.flatnonzero(np.diff(want_scores[: count + 1]) == 0)  # detection i ties with i + 1
+    distinct = int(ties[0]) if len(ties) else count
+    got_scores, got_boxes = scores[order][:distinct], boxes[order][:distinct]
+    difference = float(np.abs(got_boxes - want_boxes[:distinct]).max()) if distinct else 0.0
+    if distinct and not (
+        np.allclose(got_scores, want_scores[:distinct], rtol=1e-3, atol=1e-4)
+        and np.allclose(got_boxes, want_boxes[:distinct], rtol=1e-3, atol=1e-2)
+    ):
+        raise RuntimeError(f"ONNX export of {path} disagrees with PyTorch (max box difference {difference})")
+    return distinct, difference
 
 
 def _write_metadata(onnx_path: str, preprocessing: Preprocessing) -> None:

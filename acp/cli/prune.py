@@ -60,12 +60,31 @@ def run_export(args: argparse.Namespace) -> int:
     import importlib.util
 
     from acp.core.architecture import Architecture
-    from acp.prune import architecture_file, export_onnx, load_pruned, onnx_max_difference
+    from acp.models.detection import is_detector
+    from acp.prune import (
+        architecture_file,
+        export_onnx,
+        load_pruned,
+        onnx_detection_difference,
+        onnx_max_difference,
+    )
 
     model = load_pruned(args.arch, args.weights)
     arch = Architecture.load(architecture_file(args.arch))
     path = export_onnx(model, arch.model.input_size, args.onnx, preprocessing=arch.preprocessing)
     message = f"wrote {path}"
+    if is_detector(model):
+        message += " (input: image, one float (3, H, W) image in [0, 1]; outputs: boxes, scores, labels)"
+        if importlib.util.find_spec("onnxruntime") is not None:
+            compared, difference = onnx_detection_difference(model, arch.model.input_size, path)
+            message += (
+                f"; onnxruntime's top {compared} detections match PyTorch's (max box difference "
+                f"{difference:.2e} px)"
+                if compared
+                else "; onnxruntime runs it (its scores all tie: nothing to compare)"
+            )
+        print(message)
+        return 0
     if importlib.util.find_spec("onnxruntime") is not None:
         difference = onnx_max_difference(model, arch.model.input_size, path)
         message += f" (onnxruntime output matches PyTorch: max abs difference {difference:.2e})"

@@ -161,3 +161,30 @@ def test_acp_finetune_retrains_the_searched_detector_and_acp_eval_reads_it(finis
     assert main(["eval", str(tmp_path / "ft"), "--data", "shapes:64", "--threads", "1"]) == 0  # as trained
     line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith(f"mAP@0.5 {metrics['map50_after'] * 100:.2f}  ")  # the same images, the same mAP
+
+
+def test_a_pruned_detector_exports_to_onnx_and_onnxruntime_runs_it(finished, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from acp.cli import main
+    from acp.prune import onnx_detection_difference
+
+    path, run_dir, _ = finished
+    weights = str(path.parent / "detector.pt")
+    best = str(run_dir / "best_arch.json")
+    assert main(["prune", best, "--weights", weights, "--out", str(tmp_path / "p")]) == 0
+    assert main(["export", str(tmp_path / "p"), "--onnx", str(tmp_path / "cli.onnx")]) == 0
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed.startswith(f"wrote {tmp_path / 'cli.onnx'} (input: image")
+    assert "outputs: boxes, scores, labels" in printed
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "cli.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    image = torch.rand(3, 200, 240, generator=torch.Generator().manual_seed(2))  # any size: resized inside
+    boxes, scores, labels = session.run(None, {"image": image.numpy()})
+    assert boxes.shape == (len(scores), 4) and labels.shape == scores.shape and len(scores) > 0
+    assert (boxes[:, [0, 2]] <= 240 + 1e-3).all() and (boxes[:, [1, 3]] <= 200 + 1e-3).all()
+    model = acp.load_pruned(tmp_path / "p")
+    compared, difference = onnx_detection_difference(model, (3, 320, 320), tmp_path / "cli.onnx")
+    assert compared == 0 or difference < 1e-2  # an untrained detector's scores tie: nothing to order
