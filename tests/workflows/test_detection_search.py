@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +189,40 @@ def test_a_pruned_detector_exports_to_onnx_and_onnxruntime_runs_it(finished, tmp
     model = acp.load_pruned(tmp_path / "p")
     compared, difference = onnx_detection_difference(model, (3, 320, 320), tmp_path / "cli.onnx")
     assert compared == 0 or difference < 1e-2  # an untrained detector's scores tie: nothing to order
+
+
+class FixedDetections(torch.nn.Module):
+    """A stand-in detector whose detections are given (distinct scores, sorted like torchvision's)."""
+
+    def __init__(self, boxes, scores):
+        super().__init__()
+        self.boxes, self.scores = boxes, scores
+
+    def forward(self, images):
+        labels = torch.ones(len(self.scores), dtype=torch.int64)
+        return [{"boxes": self.boxes, "scores": self.scores, "labels": labels}]
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_the_onnx_detection_check_compares_the_top_detections_in_score_order(monkeypatch, shift):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from acp.prune import onnx_detection_difference
+
+    boxes = torch.arange(48, dtype=torch.float32).reshape(12, 4)
+    scores = torch.linspace(0.9, 0.3, 12)
+    shuffled = np.random.default_rng(0).permutation(12)
+
+    class Session:  # what onnxruntime returns: the same detections in another order, boxes shifted
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, outputs, feed):
+            return [boxes.numpy()[shuffled] + shift, scores.numpy()[shuffled], np.ones(12, dtype=np.int64)]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    model = FixedDetections(boxes, scores)
+    if shift:
+        with pytest.raises(RuntimeError, match="disagrees with PyTorch"):
+            onnx_detection_difference(model, (3, 8, 8), "x.onnx")
+    else:
+        assert onnx_detection_difference(model, (3, 8, 8), "x.onnx") == (10, 0.0)
