@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from acp.detection_data import DetectionData, iterate_detection_batches
 from acp.errors import UserError
-from acp.fileio import atomic_torch_save, atomic_write_json, load_checkpoint
+from acp.fileio import atomic_torch_save, atomic_write_json
 from acp.models.detection import is_detector
 from acp.settings import ProxySettings, Schedule
 from acp.threads import torch_threads
@@ -50,6 +50,8 @@ from acp.train.loop import (
     WEIGHTS_NAME,
     _epoch_generator,
     _make_optimizer,
+    load_training_checkpoint,
+    resume_from,
     steps_per_epoch,
 )
 
@@ -273,29 +275,11 @@ def _save(out_dir: Path, model, optimizer, schedule: Schedule, metric: str, hist
 def _restore(
     path: Path, model: nn.Module, optimizer, schedule: Schedule, metric: str
 ) -> tuple[int, list[DetectionEpochRecord]]:
-    checkpoint = load_checkpoint(path, what="training checkpoint")
-    if not isinstance(checkpoint, dict) or not {"epoch", "model", "optimizer", "schedule"} <= set(checkpoint):
-        raise UserError(f"training checkpoint {path} is incomplete (expected epoch/model/optimizer/schedule)")
+    checkpoint = load_training_checkpoint(path)
     if checkpoint.get("task") != TASK:
         raise UserError(f"cannot resume {path}: it is a classifier's training checkpoint, not a detector's")
     if checkpoint.get("metric") != metric:
         raise UserError(
             f"cannot resume {path}: it was validated by {checkpoint.get('metric')!r}, now {metric!r}"
         )
-    saved, current = dict(checkpoint["schedule"]), asdict(schedule)
-    changed = [key for key in current if key != "epochs" and saved.get(key) != current[key]]
-    if changed:
-        key = changed[0]
-        raise UserError(
-            f"cannot resume {path}: setting {key} was {saved.get(key)!r}, now {current[key]!r} "
-            "(only --epochs may change on resume)"
-        )
-    try:
-        model.load_state_dict(checkpoint["model"], strict=True)
-    except RuntimeError as error:
-        raise UserError(
-            f"training checkpoint {path} does not fit the model: {' '.join(str(error).split())[:200]}"
-        ) from None
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    history = [DetectionEpochRecord(**record) for record in checkpoint.get("history", [])]
-    return int(checkpoint["epoch"]), history
+    return resume_from(path, checkpoint, model, optimizer, schedule, DetectionEpochRecord)

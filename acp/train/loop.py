@@ -294,9 +294,25 @@ def _save(out_dir: Path, model, optimizer, schedule: Schedule, history, extra_me
 
 
 def _restore(path: Path, model: nn.Module, optimizer, schedule: Schedule) -> tuple[int, list[EpochRecord]]:
+    checkpoint = load_training_checkpoint(path)
+    if checkpoint.get("task", "classification") != "classification":
+        raise UserError(
+            f"cannot resume {path}: it is a {checkpoint['task']} training checkpoint, not a classifier's"
+        )
+    return resume_from(path, checkpoint, model, optimizer, schedule, EpochRecord)
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    """A training checkpoint (``weights_only``), checked to hold epoch/model/optimizer/schedule."""
     checkpoint = load_checkpoint(path, what="training checkpoint")
     if not isinstance(checkpoint, dict) or not {"epoch", "model", "optimizer", "schedule"} <= set(checkpoint):
         raise UserError(f"training checkpoint {path} is incomplete (expected epoch/model/optimizer/schedule)")
+    return checkpoint
+
+
+def resume_from(path: Path, checkpoint: dict, model: nn.Module, optimizer, schedule: Schedule, record_type):
+    """(epoch, history of ``record_type``) after loading ``checkpoint`` into ``model`` and ``optimizer``;
+    a UserError when a setting other than ``epochs`` changed or the weights do not fit."""
     saved = dict(checkpoint["schedule"])
     current = asdict(schedule)
     changed = [k for k in current if k != "epochs" and saved.get(k) != current[k]]
@@ -313,5 +329,5 @@ def _restore(path: Path, model: nn.Module, optimizer, schedule: Schedule) -> tup
             f"training checkpoint {path} does not fit the model: {' '.join(str(error).split())[:200]}"
         ) from None
     optimizer.load_state_dict(checkpoint["optimizer"])
-    history = [EpochRecord(**record) for record in checkpoint.get("history", [])]
+    history = [record_type(**record) for record in checkpoint.get("history", [])]
     return int(checkpoint["epoch"]), history

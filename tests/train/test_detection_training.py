@@ -272,3 +272,14 @@ def test_finetune_refuses_a_detector_with_classification_data_and_distillation(s
             distill=True,
         )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_classifier_does_not_resume_from_a_detectors_checkpoint(tmp_path):
+    from acp.train import loop
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "model": {}, "optimizer": {}, "schedule": {}, "task": "detection"}, path)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match="it is a detection training checkpoint, not a classifier's"):
+        loop._restore(path, model, optimizer, Schedule(epochs=1))
