@@ -66,9 +66,15 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     final = history[-1]
-    print(
-        f"trained {args.model} for {final.epoch} epochs: val accuracy {final.val_accuracy:.4f}, "
-        f"val loss {final.val_loss:.4f}"
-    )
+    if hasattr(final, "val_score"):  # a detector (acp.train.detection_loop.DetectionEpochRecord)
+        print(
+            f"trained {args.model} for {final.epoch} epochs: val mAP@0.5 {final.val_score:.4f}, "
+            f"train loss {final.train_loss:.4f}"
+        )
+    else:
+        print(
+            f"trained {args.model} for {final.epoch} epochs: val accuracy {final.val_accuracy:.4f}, "
+            f"val loss {final.val_loss:.4f}"
+        )
     print(f"weights: {out / 'weights.pt'}  metrics: {out / 'metrics.json'}")
     return 0

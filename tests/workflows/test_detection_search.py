@@ -226,3 +226,20 @@ def test_the_onnx_detection_check_compares_the_top_detections_in_score_order(mon
             onnx_detection_difference(model, (3, 8, 8), "x.onnx")
     else:
         assert onnx_detection_difference(model, (3, 8, 8), "x.onnx") == (10, 0.0)
+
+
+def test_acp_train_trains_a_detector_on_detection_data(tmp_path, capsys):
+    from acp.cli import main
+
+    out = tmp_path / "det"
+    argv = ["train", "--model", "ssdlite320_mobilenet_v3_large", "--data", "shapes:64"]
+    argv += ["--split", "random:0.9", "--epochs", "1", "--batch-size", "8", "--lr", "0.01", "--threads", "1"]
+    argv += ["--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("trained ssdlite320_mobilenet_v3_large for 1 epochs: val mAP@0.5 ")
+    model = json.loads((out / "model.json").read_text())
+    assert model == {"name": "ssdlite320_mobilenet_v3_large", "num_classes": 4, "input_size": [3, 320, 320]}
+    assert json.loads((out / "data.json").read_text())["split"]["method"] == "random:0.9"
+    state = torch.load(out / "weights.pt", weights_only=True)
+    assert create_model("ssdlite320_mobilenet_v3_large", 4).load_state_dict(state) is not None
