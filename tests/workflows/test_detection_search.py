@@ -243,3 +243,21 @@ def test_acp_train_trains_a_detector_on_detection_data(tmp_path, capsys):
     assert json.loads((out / "data.json").read_text())["split"]["method"] == "random:0.9"
     state = torch.load(out / "weights.pt", weights_only=True)
     assert create_model("ssdlite320_mobilenet_v3_large", 4).load_state_dict(state) is not None
+
+
+def test_acp_run_searches_and_finetunes_a_detector(tmp_path, capsys):
+    from acp.cli import main
+
+    path = write_config(tmp_path / "run")
+    path.write_text(
+        path.read_text().replace(
+            "[search]", "[finetune]\nepochs = 1\nbatch_size = 8\nlr = 0.01\nthreads = 1\n\n[search]"
+        )
+        + "iterations = 1\n"
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "val mAP@0.5" in printed
+    metrics = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
+    arch = Architecture.load(tmp_path / "out" / "best_arch.json")
+    assert metrics["macs"] == arch.macs <= 0.5 * arch.base_macs and 0.0 <= metrics["map50_after"] <= 1.0
