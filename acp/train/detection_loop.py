@@ -45,14 +45,13 @@ from acp.settings import ProxySettings, Schedule
 from acp.threads import torch_threads
 from acp.train.loop import (
     CHECKPOINT_NAME,
-    FEW_STEPS_PER_EPOCH,
     METRICS_NAME,
     WEIGHTS_NAME,
     _epoch_generator,
     _make_optimizer,
     load_training_checkpoint,
+    planned_steps,
     resume_from,
-    steps_per_epoch,
 )
 
 log = logging.getLogger(__name__)
@@ -178,17 +177,7 @@ def train_detector(
         start_epoch = 0
         if resume:
             start_epoch, history = _restore(out_dir / CHECKPOINT_NAME, model, optimizer, schedule, metric)
-        steps = steps_per_epoch(len(train_indices), schedule.batch_size)
-        total_steps = steps * schedule.epochs
-        if steps < FEW_STEPS_PER_EPOCH and start_epoch < schedule.epochs:
-            log.warning(
-                "only %d training images: %d optimizer step(s) per epoch at batch size %d, %d in all; "
-                "a smaller batch size (--batch-size) trains more per epoch",
-                len(train_indices),
-                steps,
-                schedule.batch_size,
-                total_steps,
-            )
+        steps, total_steps = planned_steps(len(train_indices), schedule, start_epoch)
         for epoch in range(start_epoch, schedule.epochs):
             began = time.perf_counter()
             generator = _epoch_generator(schedule.seed, epoch)

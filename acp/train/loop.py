@@ -104,6 +104,23 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def planned_steps(images: int, schedule: Schedule, start_epoch: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, in all) of a training run, with a warning when an epoch is only a few
+    steps (a batch size too large for the training images)."""
+    steps = steps_per_epoch(images, schedule.batch_size)
+    total_steps = steps * schedule.epochs
+    if steps < FEW_STEPS_PER_EPOCH and start_epoch < schedule.epochs:
+        log.warning(
+            "only %d training images: %d optimizer step(s) per epoch at batch size %d, %d in all; "
+            "a smaller batch size (--batch-size) trains more per epoch",
+            images,
+            steps,
+            schedule.batch_size,
+            total_steps,
+        )
+    return steps, total_steps
+
+
 def steps_per_epoch(images: int, batch_size: int) -> int:
     """Optimizer steps of one epoch over ``images`` training images: every image, no batch of one
     (a lone last image is merged into the batch before it; see :func:`_merge_lone_last`)."""
@@ -187,17 +204,7 @@ def train(
             teacher.eval()
         if len(train_indices) == 0:
             raise UserError("no training images: the training split is empty")
-        steps = steps_per_epoch(len(train_indices), schedule.batch_size)
-        total_steps = steps * schedule.epochs
-        if steps < FEW_STEPS_PER_EPOCH and start_epoch < schedule.epochs:
-            log.warning(
-                "only %d training images: %d optimizer step(s) per epoch at batch size %d, %d in all; "
-                "a smaller batch size (--batch-size) trains more per epoch",
-                len(train_indices),
-                steps,
-                schedule.batch_size,
-                total_steps,
-            )
+        steps, total_steps = planned_steps(len(train_indices), schedule, start_epoch)
         for epoch in range(start_epoch, schedule.epochs):
             began = time.perf_counter()
             torch.manual_seed(schedule.seed * 1_000_003 + epoch)  # dropout & co. draw from the global RNG
