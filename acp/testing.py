@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from acp.core.architecture import Architecture, ModelIdentity
+from acp.core.layers import ElementwiseCall
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,9 @@ class SyntheticMeter:
     """A latency "runtime" with a known answer, for :func:`acp.latency.build_latency_model`.
 
     A standalone layer at widths (cin, cout) takes ``layer_ms(layer, cin, cout)``: bilinear in the widths
-    (linear for a depthwise conv), so a table's interpolation is exact between its grid points. A whole
-    model takes ``scale * sum(layer ms) + per_million * elements / 1e6 + overhead``. ``noise`` > 0 adds
+    (linear for a depthwise conv and an element-wise call), so a table's interpolation is exact between
+    its grid points. A whole model takes ``scale * sum(compute layer ms) + elementwise_scale * sum(timeable
+    element-wise call ms) + per_million * other elements / 1e6 + overhead``. ``noise`` > 0 adds
     seeded multiplicative noise (>= 0, as timing noise is) to every layer measurement, over ``rounds``.
     """
 
@@ -88,6 +90,7 @@ class SyntheticMeter:
         space,
         *,
         scale=1.3,
+        elementwise_scale=0.7,
         per_million=0.05,
         overhead=0.4,
         layer_overhead=0.003,
@@ -97,11 +100,14 @@ class SyntheticMeter:
     ):
         self.space, self.batch_size, self.layer_overhead = space, batch_size, layer_overhead
         self.scale, self.per_million, self.overhead = scale, per_million, overhead
+        self.elementwise_scale = elementwise_scale
         self.noise, self.rounds = noise, rounds
         self.layer_calls = self.model_calls = 0
         self._rng = np.random.default_rng(0)
 
     def layer_ms(self, layer, cin: int, cout: int) -> float:
+        if isinstance(layer, ElementwiseCall):
+            return self.layer_overhead + self.per_million * layer.per_channel * cin * self.batch_size / 1e6
         positions = int(np.prod(layer.in_shape[2:])) if len(layer.in_shape) > 2 else 1
         positions //= int(np.prod(layer.stride)) if layer.stride else 1
         if layer.kind == "depthwise":
@@ -123,10 +129,18 @@ class SyntheticMeter:
         for layer in self.space.compute_layers:
             cin, cout = layer.in_width(matrix), layer.out_width(matrix)
             total += [self.layer_ms(layer, int(i), int(o)) for i, o in zip(cin, cout)]
-        elements = np.zeros(len(matrix))
+        timed, elements = np.zeros(len(matrix)), np.zeros(len(matrix))
         for call in self.space.elementwise_calls:
-            elements += call.per_channel * call.width(matrix) * self.batch_size
-        return self.scale * total + self.per_million * elements / 1e6 + self.overhead
+            if call.timeable:
+                timed += [self.layer_ms(call, int(width), 1) for width in call.width(matrix)]
+            else:
+                elements += call.per_channel * call.width(matrix) * self.batch_size
+        return (
+            self.scale * total
+            + self.elementwise_scale * timed
+            + self.per_million * elements / 1e6
+            + self.overhead
+        )
 
     def models(self, widths) -> np.ndarray:
         self.model_calls += 1

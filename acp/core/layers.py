@@ -22,6 +22,7 @@ from torch_pruning.utils import op_counter
 from acp.core.graph import Analysis, ChannelExpr
 
 DENSE, DEPTHWISE, FIXED, LINEAR = "conv", "depthwise", "fixed_conv", "linear"
+ELEMENTWISE = "elementwise"  # the kind of an element-wise call's latency table
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,33 @@ class ComputeLayer:
 
 @dataclass(frozen=True)
 class ElementwiseCall:
-    """A call that touches every element once or twice (BN, activation, pool): ``per_channel * width``."""
+    """A call that touches every element once or twice (BN, activation, pool): ``per_channel * width``.
+
+    ``timeable`` calls (BatchNorm/InstanceNorm, and modules without parameters or buffers) can be timed as
+    a standalone copy at any width: ``signature`` is what such a copy depends on besides the width and the
+    input size, ``in_shape`` the full model's input to the call (batch 1)."""
 
     module: str
     per_channel: int
     width: AffineWidth
+    in_shape: tuple[int, ...] = ()
+    signature: str = ""
+    timeable: bool = False
+
+    def geometry(self) -> tuple:
+        """Calls with equal geometry and width take the same time (one latency table)."""
+        return (ELEMENTWISE, self.signature, tuple(self.in_shape[2:]))
+
+
+def standalone_signature(module: nn.Module) -> tuple[str, bool]:
+    """(what a standalone copy of an element-wise module depends on besides its width, whether one can be
+    made): a norm layer is rebuilt at any width; a module without parameters or buffers is copied."""
+    name = type(module).__name__
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return f"{name}(affine={module.affine}, track_running_stats={module.track_running_stats})", True
+    if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
+        return f"{name}({module.extra_repr()})", True
+    return name, False
 
 
 def affine(expr: ChannelExpr, columns: dict[int, int], full_widths: np.ndarray) -> AffineWidth:
@@ -144,5 +167,15 @@ def collect_layers(
             channels = call.out_shape[1]
             per_channel = math.prod(call.out_shape[1:]) // max(channels, 1)
             expr = call.out_channels if call.out_channels.base == channels else ChannelExpr(channels)
-            elementwise.append(ElementwiseCall(call.module, per_channel, affine(expr, columns, full_widths)))
+            signature, timeable = standalone_signature(module)
+            elementwise.append(
+                ElementwiseCall(
+                    call.module,
+                    per_channel,
+                    affine(expr, columns, full_widths),
+                    in_shape,
+                    signature,
+                    timeable and len(call.in_shape) > 1 and call.in_shape[1] == channels,
+                )
+            )
     return tuple(compute), tuple(elementwise)

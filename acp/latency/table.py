@@ -3,20 +3,25 @@
 Building (:func:`build_latency_model`):
 
 1. every Conv2d/Linear call of the model (``space.compute_layers``) is grouped by its *geometry* (kind,
-   input size, kernel, stride, padding, ...); calls of equal geometry share one table;
-2. each table is a grid over (input width, output width): ``grid_points`` levels per varying axis, evenly
-   spaced multiples of the space's ``round_to`` between the smallest and the full width the space allows
-   (a depthwise conv has one axis). A standalone copy of the layer is timed at every grid point, all
-   points interleaved over rounds (:func:`acp.latency.runtimes.time_rounds`), keeping each point's
-   minimum over rounds (timing noise only ever adds time);
+   input size, kernel, stride, padding, ...); calls of equal geometry share one table. So is every
+   element-wise call that can be timed alone (BatchNorm, activations, pools: ``space.elementwise_calls``
+   with ``timeable``), by module type, settings and input size;
+2. a compute table is a grid over (input width, output width): ``grid_points`` levels per varying axis,
+   evenly spaced multiples of the space's ``round_to`` between the smallest and the full width the space
+   allows (a depthwise conv and an element-wise call have one axis). A standalone copy of the layer is
+   timed at every grid point, all points interleaved over rounds (:func:`acp.latency.runtimes.time_rounds`),
+   keeping each point's minimum over rounds (timing noise only ever adds time);
 3. each table is made monotone (a running maximum along both axes: a wider layer is never predicted
    faster), so the predictor is a monotone cost and the budget repair's bisection is exact;
 4. a few whole models (the base, and seeded widths of every size: :func:`spread_widths`) are measured the
-   same way and a non-negative
-   least-squares fit maps the table sum and the element-wise work (BatchNorm, activations, pools: what the
-   tables do not time) to their measured latency:
-   ``ms = a * sum(table lookups) + b * elements + c`` with ``a, b, c >= 0`` (``c``: fixed layers and the
-   runtime's per-call overhead).
+   same way and a non-negative least-squares fit maps the compute tables' sum, the element-wise tables'
+   sum and the elements of the calls without a table to their measured latency:
+   ``ms = a * compute tables + e * element-wise tables + b * other elements + c`` with all coefficients
+   >= 0 (``c``: fixed layers and the runtime's per-call overhead).
+
+Why element-wise calls have tables: their time per element is not constant. At batch 64 and 224 px a
+MobileNetV2's BatchNorms take 41% of an eager forward (torch profiler) and their tensors outgrow the caches
+as the widths grow, so one coefficient per element under-predicted wide models by up to 35%.
 
 Predicting (:meth:`LatencyModel.__call__`) is bilinear interpolation in every table for a whole (P, G)
 width matrix at once: numpy only, no model is built.
@@ -24,6 +29,7 @@ width matrix at once: numpy only, no model is built.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -35,11 +41,11 @@ from scipy.optimize import nnls
 from torch import nn
 
 from acp.core.graph import pruned_copy
-from acp.core.layers import DEPTHWISE, FIXED, LINEAR, AffineWidth, ComputeLayer
+from acp.core.layers import DEPTHWISE, ELEMENTWISE, FIXED, LINEAR, AffineWidth, ComputeLayer, ElementwiseCall
 from acp.errors import UserError
 from acp.latency.runtimes import Timing, prepare, time_rounds
 
-FORMAT = "acp.latency/1"
+FORMAT = "acp.latency/2"  # /2: element-wise tables, four coefficients
 ELEMENTS_UNIT = 1e6  # the element-wise coefficient is per million elements
 
 
@@ -87,24 +93,47 @@ class LatencyModel:
     key: dict  # what the measurements depend on (see acp.latency.cache)
     tables: tuple[GeometryTable, ...]
     layers: tuple[tuple[int, AffineWidth, AffineWidth], ...]  # per compute layer: table, cin, cout
-    elementwise: tuple[tuple[int, AffineWidth], ...]  # per element-wise call: elements per channel, width
-    coefficients: tuple[float, float, float]  # a (table sum), b (per million elements), c (ms)
+    elementwise: tuple[tuple[int, AffineWidth], ...]  # per untimed element-wise call: elements/channel, width
+    # a (compute tables), e (element-wise tables), b (per million untimed elements), c (ms)
+    coefficients: tuple[float, float, float, float]
     calibration: tuple[dict, ...] = ()  # whole models: widths, measured_ms, predicted_ms
     base_measured_ms: float = math.nan
     build_seconds: float = 0.0
     layer_names: tuple[str, ...] = field(default=())
+    elementwise_layers: tuple[tuple[int, AffineWidth], ...] = ()  # per timed element-wise call: table, width
+    elementwise_names: tuple[str, ...] = field(default=())
 
     def __call__(self, widths: np.ndarray) -> np.ndarray:
         """(P,) predicted milliseconds for a (P, G) integer width matrix (or (G,) -> a 0-d array)."""
         matrix = np.atleast_2d(np.asarray(widths, dtype=np.int64))
-        a, b, c = self.coefficients
-        values = a * self.layer_ms(matrix).sum(axis=1) + b * self.elements(matrix) / ELEMENTS_UNIT + c
+        values = self.features(matrix) @ np.asarray(self.coefficients, dtype=np.float64)
         return values if np.ndim(widths) == 2 else values[0]
+
+    def features(self, widths: np.ndarray) -> np.ndarray:
+        """(P, 4) what the coefficients multiply: compute tables' sum, element-wise tables' sum, million
+        untimed elements, 1."""
+        matrix = np.atleast_2d(np.asarray(widths, dtype=np.int64))
+        return np.stack(
+            [
+                self.layer_ms(matrix).sum(axis=1),
+                self.elementwise_ms(matrix).sum(axis=1),
+                self.elements(matrix) / ELEMENTS_UNIT,
+                np.ones(matrix.shape[0]),
+            ],
+            axis=1,
+        )
 
     def layer_ms(self, widths: np.ndarray) -> np.ndarray:
         """(P, L) table milliseconds of every compute layer (before the fitted scale)."""
         matrix = np.atleast_2d(np.asarray(widths, dtype=np.int64))
         columns = [self.tables[table].lookup(cin(matrix), cout(matrix)) for table, cin, cout in self.layers]
+        return np.stack(columns, axis=1) if columns else np.zeros((matrix.shape[0], 0))
+
+    def elementwise_ms(self, widths: np.ndarray) -> np.ndarray:
+        """(P, E) table milliseconds of every timed element-wise call (before the fitted scale)."""
+        matrix = np.atleast_2d(np.asarray(widths, dtype=np.int64))
+        ones = np.ones(matrix.shape[0], dtype=np.int64)
+        columns = [self.tables[table].lookup(width(matrix), ones) for table, width in self.elementwise_layers]
         return np.stack(columns, axis=1) if columns else np.zeros((matrix.shape[0], 0))
 
     def elements(self, widths: np.ndarray) -> np.ndarray:
@@ -159,6 +188,10 @@ class LatencyModel:
                 for name, (table, cin, cout) in zip(self.layer_names, self.layers)
             ],
             "elementwise": [{"per_channel": n, "width": _affine_dict(w)} for n, w in self.elementwise],
+            "elementwise_layers": [
+                {"name": name, "table": table, "width": _affine_dict(width)}
+                for name, (table, width) in zip(self.elementwise_names, self.elementwise_layers)
+            ],
             "calibration": list(self.calibration),
         }
 
@@ -184,8 +217,15 @@ class LatencyModel:
             for table in tables:
                 if table.measured_ms.shape != (len(table.in_levels), len(table.out_levels)):
                     raise ValueError("a table's values do not match its levels")
-            if any(not 0 <= index < len(tables) for index, _, _ in layers):
+            timed = tuple(
+                (int(entry["table"]), _affine(entry["width"])) for entry in document["elementwise_layers"]
+            )
+            indices = [index for index, _, _ in layers] + [index for index, _ in timed]
+            if any(not 0 <= index < len(tables) for index in indices):
                 raise ValueError("a layer names a table that does not exist")
+            coefficients = tuple(float(value) for value in document["coefficients"])
+            if len(coefficients) != 4:
+                raise ValueError("expected 4 coefficients")
             return cls(
                 key=dict(document["key"]),
                 tables=tables,
@@ -193,11 +233,13 @@ class LatencyModel:
                 elementwise=tuple(
                     (int(entry["per_channel"]), _affine(entry["width"])) for entry in document["elementwise"]
                 ),
-                coefficients=tuple(float(value) for value in document["coefficients"]),
+                coefficients=coefficients,
                 calibration=tuple(document.get("calibration", ())),
                 base_measured_ms=float(document.get("base_measured_ms", math.nan)),
                 build_seconds=float(document.get("build_seconds", 0.0)),
                 layer_names=tuple(str(entry["name"]) for entry in document["layers"]),
+                elementwise_layers=timed,
+                elementwise_names=tuple(str(entry["name"]) for entry in document["elementwise_layers"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"latency table: malformed ({error})") from None
@@ -229,7 +271,26 @@ class BuildPlan:
     geometries: tuple[tuple, ...]
     levels: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # per geometry: (in levels, out levels)
     layer_tables: tuple[int, ...]  # per compute layer: its geometry's index
+    elementwise_tables: tuple[int, ...]  # per timeable element-wise call: its geometry's index
     calibration_widths: np.ndarray  # (K, G), the base model first
+
+    def representatives(self, space) -> dict[int, ComputeLayer | ElementwiseCall]:
+        """One layer or call of every geometry (the one a standalone copy is made of)."""
+        chosen: dict[int, ComputeLayer | ElementwiseCall] = {}
+        for layer, table in zip(space.compute_layers, self.layer_tables):
+            chosen.setdefault(table, layer)
+        for call, table in zip(timed_calls(space), self.elementwise_tables):
+            chosen.setdefault(table, call)
+        return chosen
+
+
+def timed_calls(space) -> tuple[ElementwiseCall, ...]:
+    """The element-wise calls with their own latency table (the others count as elements)."""
+    return tuple(call for call in space.elementwise_calls if call.timeable)
+
+
+def untimed_calls(space) -> tuple[ElementwiseCall, ...]:
+    return tuple(call for call in space.elementwise_calls if not call.timeable)
 
 
 def axis_levels(low: int, high: int, points: int, step: int) -> tuple[int, ...]:
@@ -246,16 +307,14 @@ def plan_build(space, *, grid_points: int, calibration_models: int, seed: int) -
     low, high = space.min_widths(), space.full_widths()
     step = int(space.settings.get("round_to", 1))
     geometries: list[tuple] = []
-    ranges: dict[int, list[list[int]]] = {}  # geometry -> [in low, in high, out low, out high]
-    layer_tables = []
-    for layer in space.compute_layers:
-        geometry = layer.geometry()
+    ranges: dict[int, list[int]] = {}  # geometry -> [in low, in high, out low, out high]
+
+    def table_of(geometry: tuple, in_width: AffineWidth, out_width: AffineWidth | None) -> int:
         if geometry not in geometries:
             geometries.append(geometry)
         index = geometries.index(geometry)
-        layer_tables.append(index)
-        in_low, in_high = layer.in_width.bounds(low, high)
-        out_low, out_high = layer.out_width.bounds(low, high)
+        in_low, in_high = in_width.bounds(low, high)
+        out_low, out_high = out_width.bounds(low, high) if out_width is not None else (1, 1)
         bounds = ranges.setdefault(index, [in_low, in_high, out_low, out_high])
         ranges[index] = [
             min(bounds[0], in_low),
@@ -263,15 +322,24 @@ def plan_build(space, *, grid_points: int, calibration_models: int, seed: int) -
             min(bounds[2], out_low),
             max(bounds[3], out_high),
         ]
+        return index
+
+    layer_tables = [
+        table_of(layer.geometry(), layer.in_width, layer.out_width) for layer in space.compute_layers
+    ]
+    elementwise_tables = [table_of(call.geometry(), call.width, None) for call in timed_calls(space)]
     levels = []
     for index, geometry in enumerate(geometries):
         in_low, in_high, out_low, out_high = ranges[index]
         in_levels = axis_levels(in_low, in_high, grid_points, step)
-        # depthwise: output width == input width, one axis
-        out_levels = (1,) if geometry[0] == DEPTHWISE else axis_levels(out_low, out_high, grid_points, step)
+        # depthwise: output width == input width; element-wise: one width; one axis
+        one_axis = geometry[0] in (DEPTHWISE, ELEMENTWISE)
+        out_levels = (1,) if one_axis else axis_levels(out_low, out_high, grid_points, step)
         levels.append((in_levels, out_levels))
     calibration = np.vstack([high[None, :], spread_widths(space, calibration_models - 1, seed)])
-    return BuildPlan(tuple(geometries), tuple(levels), tuple(layer_tables), calibration)
+    return BuildPlan(
+        tuple(geometries), tuple(levels), tuple(layer_tables), tuple(elementwise_tables), calibration
+    )
 
 
 def spread_widths(space, count: int, seed: int) -> np.ndarray:
@@ -310,6 +378,24 @@ def standalone_layer(
     return module.eval(), torch.randn(shape, generator=generator)
 
 
+def standalone_elementwise(
+    model: nn.Module, call: ElementwiseCall, width: int, batch_size: int
+) -> tuple[nn.Module, torch.Tensor]:
+    """A copy of the element-wise module of ``call`` at ``width`` channels, and a seeded input."""
+    original = model.get_submodule(call.module)
+    if isinstance(original, nn.modules.batchnorm._NormBase):
+        module: nn.Module = type(original)(
+            width,
+            eps=original.eps,
+            affine=original.affine,
+            track_running_stats=original.track_running_stats,
+        )
+    else:
+        module = copy.deepcopy(original)
+    generator = torch.Generator().manual_seed(0)
+    return module.eval(), torch.randn((batch_size, width, *call.in_shape[2:]), generator=generator)
+
+
 class RuntimeMeter:
     """Times standalone layers and whole pruned models of ``model`` on a runtime (the real measurements;
     tests substitute a synthetic meter with the same two methods)."""
@@ -330,11 +416,15 @@ class RuntimeMeter:
         self.runtime, self.batch_size, self.threads = runtime, batch_size, threads
         self.timing, self.seed, self.progress = timing, seed, progress
 
-    def layers(self, points: Sequence[tuple[ComputeLayer, int, int]]) -> np.ndarray:
-        """(len(points), rounds) ms of a standalone copy of each layer at widths (cin, cout)."""
+    def layers(self, points: Sequence[tuple[ComputeLayer | ElementwiseCall, int, int]]) -> np.ndarray:
+        """(len(points), rounds) ms of a standalone copy of each layer at widths (cin, cout) (an
+        element-wise call at width cin)."""
         calls = []
         for layer, cin, cout in points:
-            module, example = standalone_layer(layer, cin, cout, self.batch_size)
+            if isinstance(layer, ElementwiseCall):
+                module, example = standalone_elementwise(self.model, layer, cin, self.batch_size)
+            else:
+                module, example = standalone_layer(layer, cin, cout, self.batch_size)
             calls.append(prepare(self.runtime, module, example, self.threads))
         tick = self.progress(len(calls) * self.timing.rounds, "layer tables") if self.progress else None
         return time_rounds(calls, self.timing, threads=self.threads, seed=self.seed, progress=tick)
@@ -370,9 +460,7 @@ def build_latency_model(
 
     started = time.perf_counter()
     plan = plan_build(space, grid_points=grid_points, calibration_models=calibration_models, seed=seed)
-    representative: dict[int, ComputeLayer] = {}
-    for layer, table in zip(space.compute_layers, plan.layer_tables):
-        representative.setdefault(table, layer)
+    representative = plan.representatives(space)
     points = [
         (table, cin, cin if plan.geometries[table][0] == DEPTHWISE else cout)
         for table, (in_levels, out_levels) in enumerate(plan.levels)
@@ -387,6 +475,7 @@ def build_latency_model(
         spread = np.median((np.median(rounds[rows], axis=1) - best) / np.maximum(best, 1e-9))
         grid = best.reshape(len(in_levels), len(out_levels))
         tables.append(GeometryTable(plan.geometries[index], in_levels, out_levels, grid, float(spread)))
+    timed = timed_calls(space)
     unfitted = LatencyModel(
         key=key,
         tables=tuple(tables),
@@ -394,9 +483,11 @@ def build_latency_model(
             (table, layer.in_width, layer.out_width)
             for layer, table in zip(space.compute_layers, plan.layer_tables)
         ),
-        elementwise=tuple((call.per_channel, call.width) for call in space.elementwise_calls),
-        coefficients=(1.0, 0.0, 0.0),
+        elementwise=tuple((call.per_channel, call.width) for call in untimed_calls(space)),
+        coefficients=(1.0, 1.0, 0.0, 0.0),
         layer_names=tuple(layer.module for layer in space.compute_layers),
+        elementwise_layers=tuple((table, call.width) for call, table in zip(timed, plan.elementwise_tables)),
+        elementwise_names=tuple(call.module for call in timed),
     )
     measured = np.asarray(meter.models(plan.calibration_widths), dtype=np.float64)
     fitted = fit_coefficients(unfitted, plan.calibration_widths, measured)
@@ -414,11 +505,9 @@ def build_latency_model(
 
 
 def fit_coefficients(model: LatencyModel, widths: np.ndarray, measured_ms: np.ndarray) -> LatencyModel:
-    """Non-negative least squares of measured ms on (table sum, elements, 1), in relative error terms
-    (rows weighted by 1 / measured, so small models count as much as large ones)."""
-    table_sum = model.layer_ms(widths).sum(axis=1)
-    elements = model.elements(widths) / ELEMENTS_UNIT
-    design = np.stack([table_sum, elements, np.ones(len(widths))], axis=1)
+    """Non-negative least squares of measured ms on :meth:`LatencyModel.features`, in relative error
+    terms (rows weighted by 1 / measured, so small models count as much as large ones)."""
+    design = model.features(widths)
     weights = 1.0 / np.maximum(np.asarray(measured_ms, dtype=np.float64), 1e-9)
     solution, _ = nnls(design * weights[:, None], np.asarray(measured_ms) * weights)
     return dataclasses.replace(model, coefficients=tuple(float(value) for value in solution))

@@ -197,8 +197,9 @@ class LatencyReport:
         if errors:
             lines.append(
                 f"fit on {len(errors)} whole models: median error {np.median(errors):.1%}, "
-                f"max {max(errors):.1%} (ms = {model.coefficients[0]:.3g} x tables + "
-                f"{model.coefficients[1]:.3g} x million elements + {model.coefficients[2]:.3g})"
+                f"max {max(errors):.1%} (ms = {model.coefficients[0]:.3g} x compute tables + "
+                f"{model.coefficients[1]:.3g} x element-wise tables + {model.coefficients[2]:.3g} x million "
+                f"other elements + {model.coefficients[3]:.3g})"
             )
         if self.rounding is not None:
             step, costs, scanned = self.rounding

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -12,7 +13,7 @@ from acp.core.architecture import ModelIdentity
 from acp.errors import UserError
 from acp.latency import cache as latency_cache
 from acp.latency import load_or_build
-from acp.latency.table import LatencyModel, axis_levels, build_latency_model
+from acp.latency.table import FORMAT, LatencyModel, axis_levels, build_latency_model
 from acp.prune import build_space
 from acp.settings import LatencySettings
 from acp.testing import SyntheticMeter
@@ -43,11 +44,48 @@ def synthetic_model(space, meter=None, grid_points=4):
 
 def test_predictor_is_exact_on_a_synthetic_table(space):
     model, meter = synthetic_model(space)
-    np.testing.assert_allclose(model.coefficients, (1.3, 0.05, 0.4), rtol=1e-6)
+    # every element-wise call of a ResNet (BN, ReLU, pool) has a table: no "other elements" remain
+    assert all(call.timeable for call in space.elementwise_calls)
+    np.testing.assert_allclose(model.coefficients, (1.3, 0.7, 0.0, 0.4), rtol=1e-6, atol=1e-9)
     widths = random_widths(space, 40, seed=1)
     np.testing.assert_allclose(model(widths), meter.truth(widths), rtol=1e-9)
     np.testing.assert_allclose(model.base_ms, meter.truth(space.full_widths())[0], rtol=1e-9)
     assert model(space.full_widths()).shape == ()
+
+
+def test_element_wise_calls_without_a_table_count_as_elements(space):
+    untimed = copy.copy(space)
+    untimed.elementwise_calls = tuple(
+        dataclasses.replace(call, timeable=False) for call in space.elementwise_calls
+    )
+    model, meter = synthetic_model(untimed)
+    assert model.elementwise_layers == () and len(model.elementwise) == len(space.elementwise_calls)
+    np.testing.assert_allclose(model.coefficients, (1.3, 0.0, 0.05, 0.4), rtol=1e-6, atol=1e-9)
+    widths = random_widths(space, 20, seed=3)
+    np.testing.assert_allclose(model(widths), meter.truth(widths), rtol=1e-9)
+
+
+def test_element_wise_tables_are_shared_by_geometry(space):
+    model, _ = synthetic_model(space)
+    calls = space.elementwise_calls
+    assert len(model.elementwise_layers) == len(calls)
+    for call, (table, _) in zip(calls, model.elementwise_layers):
+        geometry = model.tables[table].geometry
+        assert geometry == call.geometry() and geometry[0] == "elementwise"
+        assert model.tables[table].out_levels == (1,)
+    distinct = {call.geometry() for call in calls}
+    assert len({table for table, _ in model.elementwise_layers}) == len(distinct) < len(calls)
+
+
+def test_standalone_elementwise_copies_take_the_width(model_and_space):
+    from acp.latency.table import standalone_elementwise
+
+    model, space = model_and_space
+    for call in space.elementwise_calls:
+        module, example = standalone_elementwise(model, call, 6, batch_size=3)
+        assert example.shape == (3, 6, *call.in_shape[2:])
+        output = module(example)
+        assert output.shape[:2] == (3, 6)
 
 
 def test_every_layer_is_looked_up_in_its_geometry_table(space):
@@ -62,7 +100,8 @@ def test_every_layer_is_looked_up_in_its_geometry_table(space):
     ]
     np.testing.assert_allclose(model.layer_ms(widths), expected, rtol=1e-9)
     geometries = {layer.geometry() for layer in space.compute_layers}
-    assert len(model.tables) == len(geometries) < len(space.compute_layers)  # equal geometries share a table
+    compute_tables = {table for table, _, _ in model.layers}
+    assert len(compute_tables) == len(geometries) < len(space.compute_layers)  # equal geometries: one table
 
 
 def test_noisy_tables_still_give_a_monotone_predictor(space):
@@ -198,7 +237,7 @@ def test_an_unreadable_cache_file_is_measured_again(model_and_space, tmp_path):
     (_, path, _), _ = cached(model_and_space, settings)
     path.write_text("{not json")
     (_, _, from_cache), meter = cached(model_and_space, settings)
-    assert not from_cache and json.loads(path.read_text())["format"] == "acp.latency/1"
+    assert not from_cache and json.loads(path.read_text())["format"] == FORMAT
 
 
 # --- round_to from the measurements --------------------------------------------------------------------
