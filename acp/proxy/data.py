@@ -23,10 +23,30 @@ from acp.data import ImageData, take_stratified
 from acp.errors import UserError
 
 
-def _digest(array: np.ndarray | torch.Tensor) -> str:
+def digest(array: np.ndarray | torch.Tensor) -> str:
+    """A short content hash of an index array or tensor (recorded in a proxy data description)."""
     if isinstance(array, torch.Tensor):
         array = array.contiguous().numpy()
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def checked_slice_request(
+    calibration_images: object, validation_images: object, seed: object, train_indices, size: int
+) -> tuple[int, int, int, np.ndarray]:
+    """The proxy slice sizes and seed as ints and the training indices sorted and unique, or a
+    UserError naming the bad argument (one check for the classification and the detection proxy)."""
+    for name, value in (
+        ("calibration_images", calibration_images),
+        ("validation_images", validation_images),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise UserError(f"proxy data: {name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise UserError(f"proxy data: seed must be an integer, got {seed!r}")
+    train = np.unique(np.asarray(train_indices, dtype=np.int64))
+    if train.size and (train[0] < 0 or train[-1] >= size):
+        raise UserError(f"proxy data: train_indices out of range for {size} images")
+    return int(calibration_images), int(validation_images), int(seed), train
 
 
 def proxy_slices(
@@ -109,17 +129,9 @@ class ProxyData:
 
         ``train_indices`` must be the training split (the search never sees the validation/test images).
         """
-        for name, value in (
-            ("calibration_images", calibration_images),
-            ("validation_images", validation_images),
-        ):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise UserError(f"proxy data: {name} must be a positive integer, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise UserError(f"proxy data: seed must be an integer, got {seed!r}")
-        train_indices = np.unique(np.asarray(train_indices, dtype=np.int64))
-        if train_indices.size and (train_indices[0] < 0 or train_indices[-1] >= len(data)):
-            raise UserError(f"proxy data: train_indices out of range for {len(data)} images")
+        calibration_images, validation_images, seed, train_indices = checked_slice_request(
+            calibration_images, validation_images, seed, train_indices, len(data)
+        )
         calibration, validation = proxy_slices(
             data.labels, train_indices, calibration_images, validation_images, seed=seed, avoid=avoid
         )
@@ -130,13 +142,13 @@ class ProxyData:
         description = {
             "spec": data.spec,
             "seed": int(seed),
-            **({} if avoid is None else {"avoided_sha256": _digest(np.unique(np.asarray(avoid, np.int64)))}),
+            **({} if avoid is None else {"avoided_sha256": digest(np.unique(np.asarray(avoid, np.int64)))}),
             "train_size": int(len(train_indices)),
-            "train_sha256": _digest(train_indices),
+            "train_sha256": digest(train_indices),
             "calibration_images": int(len(calibration)),
-            "calibration_sha256": _digest(calibration),
+            "calibration_sha256": digest(calibration),
             "validation_images": int(len(validation)),
-            "validation_sha256": _digest(validation),
+            "validation_sha256": digest(validation),
             "image_shape": list(data.image_shape),
             "mean": list(data.mean),
             "std": list(data.std),
@@ -155,15 +167,15 @@ class ProxyData:
 
     def fingerprint(self) -> str:
         """Digest of every tensor's contents: equal fingerprints mean equal scores."""
-        digest = hashlib.sha256()
+        combined = hashlib.sha256()
         for tensor in (
             self.calibration_images,
             self.calibration_labels,
             self.validation_images,
             self.validation_labels,
         ):
-            digest.update(_digest(tensor).encode())
-        return digest.hexdigest()[:16]
+            combined.update(digest(tensor).encode())
+        return combined.hexdigest()[:16]
 
     def __getstate__(self) -> dict:
         # numpy arrays: loky memory-maps them, pickle copies them once; no torch storage sharing surprises

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +46,7 @@ from torch import nn
 
 from acp.detection_data import DetectionData
 from acp.errors import UserError
+from acp.proxy.data import checked_slice_request, digest
 from acp.proxy.detection_score import countable_boxes, score_detector
 from acp.proxy.evaluator import BaseProxyEvaluator, NonFiniteScore, finalist_slice_sizes
 from acp.settings import ProxySettings
@@ -54,16 +54,6 @@ from acp.settings import ProxySettings
 Target = dict[str, torch.Tensor]
 Batch = tuple[list[torch.Tensor], list[Target]]
 TARGET_KEYS = {"boxes": torch.float32, "labels": torch.int64, "iscrowd": torch.int64}  # iscrowd optional
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
-
-
-def _positive_integer(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise UserError(f"proxy data: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def detection_proxy_slices(
@@ -213,13 +203,9 @@ class DetectionProxyData:
         split: the search never sees the validation images."""
         if not isinstance(data, DetectionData):
             raise UserError(f"proxy data: expected DetectionData, got {type(data).__name__}")
-        calibration_images = _positive_integer("calibration_images", calibration_images)
-        validation_images = _positive_integer("validation_images", validation_images)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise UserError(f"proxy data: seed must be an integer, got {seed!r}")
-        train = np.unique(np.asarray(train_indices, dtype=np.int64))
-        if train.size and (train[0] < 0 or train[-1] >= len(data)):
-            raise UserError(f"proxy data: train_indices out of range for {len(data)} images")
+        calibration_images, validation_images, seed, train = checked_slice_request(
+            calibration_images, validation_images, seed, train_indices, len(data)
+        )
         calibration, validation = detection_proxy_slices(
             train, calibration_images, validation_images, seed=int(seed), avoid=avoid
         )
@@ -230,13 +216,13 @@ class DetectionProxyData:
             "format": data.format,
             "classes": list(data.classes),
             "seed": int(seed),
-            **({} if avoid is None else {"avoided_sha256": _digest(np.unique(np.asarray(avoid, np.int64)))}),
+            **({} if avoid is None else {"avoided_sha256": digest(np.unique(np.asarray(avoid, np.int64)))}),
             "train_size": int(len(train)),
-            "train_sha256": _digest(train),
+            "train_sha256": digest(train),
             "calibration_images": int(len(calibration)),
-            "calibration_sha256": _digest(calibration),
+            "calibration_sha256": digest(calibration),
             "validation_images": int(len(validation)),
-            "validation_sha256": _digest(validation),
+            "validation_sha256": digest(validation),
             "validation_objects": int(sum(countable_boxes(target) for target in val_targets)),
         }
         return cls(list(cal_images), list(cal_targets), list(val_images), list(val_targets), description)
@@ -268,17 +254,17 @@ class DetectionProxyData:
 
     def fingerprint(self) -> str:
         """Digest of every image and target: equal fingerprints mean equal scores."""
-        digest = hashlib.sha256()
+        combined = hashlib.sha256()
         for images, targets in (
             (self.calibration_images, self.calibration_targets),
             (self.validation_images, self.validation_targets),
         ):
             for image, target in zip(images, targets):
-                digest.update(repr(tuple(image.shape)).encode())
-                digest.update(image.numpy().tobytes())
+                combined.update(repr(tuple(image.shape)).encode())
+                combined.update(image.numpy().tobytes())
                 for key, tensor in target.items():
-                    digest.update(key.encode() + tensor.numpy().tobytes())
-        return digest.hexdigest()[:16]
+                    combined.update(key.encode() + tensor.numpy().tobytes())
+        return combined.hexdigest()[:16]
 
     def __getstate__(self) -> dict:
         # each slice as one flat numpy array: pickled once, memory-mapped by loky, no per-image overhead

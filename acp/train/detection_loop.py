@@ -47,9 +47,9 @@ from acp.train.loop import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     WEIGHTS_NAME,
-    _epoch_generator,
-    _make_optimizer,
+    epoch_generator,
     load_training_checkpoint,
+    make_optimizer,
     planned_steps,
     resume_from,
 )
@@ -172,7 +172,7 @@ def train_detector(
     with torch_threads(threads):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        optimizer = _make_optimizer(model, schedule)
+        optimizer = make_optimizer(model, schedule)
         history: list[DetectionEpochRecord] = []
         start_epoch = 0
         if resume:
@@ -180,7 +180,7 @@ def train_detector(
         steps, total_steps = planned_steps(len(train_indices), schedule, start_epoch)
         for epoch in range(start_epoch, schedule.epochs):
             began = time.perf_counter()
-            generator = _epoch_generator(schedule.seed, epoch)
+            generator = epoch_generator(schedule.seed, epoch)
             torch.manual_seed(generator.initial_seed())  # the R-CNN samplers and transform draw from it
             model.train()
             batches = iterate_detection_batches(

@@ -100,7 +100,9 @@ def channels_last_is_safe(model: nn.Module, minimum: int = 8) -> bool:
     return True
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The seeded generator of one epoch's order and augmentation (both training loops: a resumed run
+    draws exactly what an uninterrupted one would)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
@@ -145,7 +147,8 @@ def _merge_lone_last(batches):
         yield held
 
 
-def _make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+    """SGD with the schedule's learning rate, momentum and weight decay (both training loops)."""
     return torch.optim.SGD(
         model.parameters(),
         lr=schedule.lr,
@@ -194,7 +197,7 @@ def train(
         channels_last = schedule.channels_last and channels_last_is_safe(model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = _make_optimizer(model, schedule)
+        optimizer = make_optimizer(model, schedule)
         history: list[EpochRecord] = []
         start_epoch = 0
         checkpoint_path = out_dir / CHECKPOINT_NAME
@@ -208,7 +211,7 @@ def train(
         for epoch in range(start_epoch, schedule.epochs):
             began = time.perf_counter()
             torch.manual_seed(schedule.seed * 1_000_003 + epoch)  # dropout & co. draw from the global RNG
-            generator = _epoch_generator(schedule.seed, epoch)
+            generator = epoch_generator(schedule.seed, epoch)
             model.train()
             seen, correct, loss_sum = 0, 0, 0.0
             batches = iterate_batches(
