@@ -107,7 +107,7 @@ class SyntheticMeter:
 
     def layer_ms(self, layer, cin: int, cout: int) -> float:
         if isinstance(layer, ElementwiseCall):
-            return self.layer_overhead + self.per_million * layer.per_channel * cin * self.batch_size / 1e6
+            return self.per_million * layer.per_channel * cin * self.batch_size / 1e6
         positions = int(np.prod(layer.in_shape[2:])) if len(layer.in_shape) > 2 else 1
         positions //= int(np.prod(layer.stride)) if layer.stride else 1
         if layer.kind == "depthwise":
