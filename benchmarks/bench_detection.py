@@ -47,10 +47,8 @@ finetune.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
-import logging
 import shutil
 import statistics
 import sys
@@ -64,6 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_common import provenance_lines, update_section  # noqa: E402
+
+from acp.proxy.detection_score import quiet_coco_eval, require_map_packages  # noqa: E402
 
 SECTION = "Detection pruning quality (bench_detection.py)"
 CRITERION_ROWS = ("uniform_l2", "uniform_l1", "uniform_random", "uniform_box_relevance")  # same widths
@@ -116,18 +116,6 @@ def sizes(args):
     from acp.workflows.demo import DETECTION_FULL, DETECTION_QUICK
 
     return DETECTION_QUICK if args.quick else DETECTION_FULL
-
-
-@contextlib.contextmanager
-def quiet_coco_eval():
-    """faster-coco-eval logs its COCO summary at INFO on every mAP (as the demo, which silences it too)."""
-    logger = logging.getLogger("faster_coco_eval")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # --- the base detector and what every row shares -------------------------------------------------------
@@ -759,9 +747,7 @@ def report(setup: Setup, results: dict, choices: dict, seconds: float) -> list[s
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(THREADS)
-    from acp.workflows.demo import _require_map_packages  # noqa: PLC2701 (the demo's check of the mAP packages)
-
-    _require_map_packages()
+    require_map_packages("bench_detection.py")
     began = time.perf_counter()
     setup = Setup(args)
     rows = ROWS[1:]

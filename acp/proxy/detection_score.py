@@ -23,6 +23,7 @@ same numbers as pycocotools, several times faster), else ``pycocotools``. Both c
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -65,6 +66,19 @@ def coco_backend() -> str:
         return "pycocotools"
     except ImportError:
         raise UserError(MISSING_PACKAGES) from None
+
+
+def require_map_packages(purpose: str) -> None:
+    """UserError, prefixed by ``purpose`` (e.g. ``"acp demo --task detection"``), unless torchmetrics and a
+    COCO-eval backend are installed: checked before anything is trained."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchmetrics") is None:
+        raise UserError(f"{purpose}: {MISSING_PACKAGES}")
+    try:
+        coco_backend()
+    except UserError as error:
+        raise UserError(f"{purpose}: {error}") from None
 
 
 def _mean_average_precision_class():
@@ -115,10 +129,24 @@ def mean_average_precision(predictions: Sequence[Target], targets: Sequence[Targ
             for target in targets
         ],
     )
-    value = float(calculator.compute()["map"])
+    with quiet_coco_eval():
+        value = float(calculator.compute()["map"])
     if not math.isfinite(value) or value < 0:  # -1 is COCO's "undefined", excluded above
         raise UserError(f"{metric} is undefined for these images (torchmetrics returned {value})")
     return value
+
+
+@contextlib.contextmanager
+def quiet_coco_eval() -> Iterator[None]:
+    """faster-coco-eval logs its whole COCO summary table at INFO on every mAP (hundreds of lines over a
+    search or a demo, on stderr); acp reports its own figures. The logger's level is restored afterwards."""
+    logger = logging.getLogger("faster_coco_eval")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -16,10 +16,8 @@ configuration, so the other commands take the demo's output.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,12 +233,12 @@ def run_detection_demo(
 ) -> DetectionDemoResult:
     """Train, search, finetune, evaluate and report on the shapes detection demo (module docstring)."""
     from acp.fileio import require_fresh_output
+    from acp.proxy.detection_score import require_map_packages
 
     out_dir = Path(out_dir)
     require_fresh_output(out_dir, "pick a new directory (acp demo --task detection --out DIR)")
-    _require_map_packages()
-    with _quiet_coco_eval():
-        return _run_detection_demo(out_dir, DETECTION_QUICK if quick else DETECTION_FULL, flops, progress)
+    require_map_packages("acp demo --task detection")
+    return _run_detection_demo(out_dir, DETECTION_QUICK if quick else DETECTION_FULL, flops, progress)
 
 
 def _run_detection_demo(out_dir: Path, sizes: DemoSizes, flops: float, progress: bool) -> DetectionDemoResult:
@@ -349,30 +347,6 @@ def _run_detection_demo(out_dir: Path, sizes: DemoSizes, flops: float, progress:
     return DetectionDemoResult(
         out_dir, base_map50, pruned_map50, base_map, pruned_map, metrics, time.perf_counter() - started
     )
-
-
-def _require_map_packages() -> None:
-    """The mAP needs torchmetrics and a COCO-eval backend: say so before anything is trained."""
-    import importlib.util
-
-    from acp.proxy.detection_score import MISSING_PACKAGES, coco_backend
-
-    if importlib.util.find_spec("torchmetrics") is None:
-        raise UserError(f"acp demo --task detection: {MISSING_PACKAGES}")
-    coco_backend()
-
-
-@contextlib.contextmanager
-def _quiet_coco_eval() -> Iterator[None]:
-    """faster-coco-eval logs its whole COCO summary table at INFO on every mAP (hundreds of lines over a
-    demo); the demo reports its own figures. Its loggers' level is restored afterwards."""
-    logger = logging.getLogger("faster_coco_eval")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _detection_maps(model, data, indices) -> tuple[float, float]:

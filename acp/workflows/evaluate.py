@@ -39,6 +39,7 @@ class DetectionEvaluation:
     macs: int
     params: int
 
+
 EVAL_BATCH_SIZE = 8  # detector images per forward in acp eval
 
 

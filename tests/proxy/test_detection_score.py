@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ from acp.proxy.detection_score import (
     coco_backend,
     detection_loss,
     mean_average_precision,
+    require_map_packages,
     score_detector,
 )
 
@@ -66,6 +68,16 @@ def test_one_class_map50_is_the_hand_computed_101_point_ap():
     assert isinstance(value, float)
     assert value == pytest.approx(56 / 101, abs=1e-6)
     assert value == pytest.approx(ONE_CLASS_AP, abs=1e-6)
+
+
+def test_map_logs_nothing_at_info_and_leaves_the_coco_loggers_level(caplog):
+    logger = logging.getLogger("faster_coco_eval")
+    before = logger.level
+    with caplog.at_level(logging.INFO):
+        for metric in ("map50", "map"):
+            mean_average_precision(TWO_IMAGE_PREDICTIONS, TWO_IMAGE_TARGETS, metric=metric)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("faster_coco_eval")] == []
+    assert logger.level == before
 
 
 def test_two_classes_average_their_aps():
@@ -123,6 +135,21 @@ def test_missing_packages_name_the_extra(monkeypatch):
     with pytest.raises(UserError, match=r"acp\[detection\]") as raised:
         mean_average_precision(TWO_IMAGE_PREDICTIONS, TWO_IMAGE_TARGETS, metric="map50")
     assert "\n" not in str(raised.value)
+
+
+def test_the_up_front_package_check_names_its_caller_and_the_extra(monkeypatch):
+    require_map_packages("acp demo --task detection")  # installed here: nothing raised
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(UserError, match=r"^acp demo --task detection: .*acp\[detection\]") as raised:
+        require_map_packages("acp demo --task detection")
+    assert "\n" not in str(raised.value)
+    monkeypatch.undo()
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None)
+    with pytest.raises(UserError, match=r"^bench: the mAP score needs torchmetrics"):
+        require_map_packages("bench")
 
 
 def tiny_ssd(seed: int = 0) -> nn.Module:
