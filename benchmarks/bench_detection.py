@@ -10,7 +10,7 @@ detector, and every choice is finetuned with the *same* recipe (acp/train/detect
 finetune: SGD, lr 0.02 cosine, wd 4e-5, batch 8, flips, ``--epochs`` epochs on the training split):
 
 - ``acp``          acp's search (``acp.search`` on the demo's detection config: clustering proposal seed, PSO
-                   scored by the detection proxy's ``--score`` (default mAP@[.5:.95], chosen by
+                   scored by the detection proxy's ``--score`` (default the detection loss, chosen by
                    bench_detection_fidelity.py on training images) on proxy-validation *training* images,
                    re-ranked finalists); search seed i's winner is finetuned with finetune seed i; its
                    folder is ``acp-<score>``;
@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=15, help="latency: interleaved rounds per model")
     parser.add_argument(
         "--score",
-        default="map",
+        default="loss",
         choices=tuple(SCORE_LABELS),
         help="acp's [proxy] and [rerank] score (default: bench_detection_fidelity.py's pick)",
     )
