@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_common import provenance_lines, update_section  # noqa: E402
 
 from acp.proxy.detection_score import quiet_coco_eval, require_map_packages  # noqa: E402
+from acp.workflows.demo import DETECTION_SCORE  # noqa: E402
 
 SECTION = "Detection pruning quality (bench_detection.py)"
 CRITERION_ROWS = ("uniform_l2", "uniform_l1", "uniform_random", "uniform_box_relevance")  # same widths
@@ -103,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=15, help="latency: interleaved rounds per model")
     parser.add_argument(
         "--score",
-        default="loss",
+        default=DETECTION_SCORE,
         choices=tuple(SCORE_LABELS),
         help="acp's [proxy] and [rerank] score (default: bench_detection_fidelity.py's pick)",
     )

@@ -173,3 +173,26 @@ def test_bench_detection_proxy_quick_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| map50 |", "| loss |"))]
     assert len(rows) == 2 and all(line.count(" s |") == 2 and "GB |" in line for line in rows)
+
+
+@pytest.mark.slow
+def test_bench_detection_and_its_fidelity_study_quick_runs(tmp_path):
+    """Both detection benchmarks end to end on tiny sizes; the fidelity study reuses the cached base."""
+    pytest.importorskip("torchmetrics.detection")
+    out = tmp_path / "det"
+    for script in ("bench_detection.py", "bench_detection_fidelity.py"):
+        done = subprocess.run(
+            [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out), "--no-write"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        if script == "bench_detection.py":
+            acp_rows = [line for line in done.stdout.splitlines() if line.startswith("| **acp search**")]
+            assert len(acp_rows) == 1 and "detection-loss proxy" in acp_rows[0]
+            assert (out / "flops0.5" / "acp-loss" / "search0" / "choice.json").is_file()
+        else:
+            assert "base: cached" in done.stdout
+            rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+            assert {"map50", "map", "loss"} <= {line.split("|")[1].strip() for line in rows}

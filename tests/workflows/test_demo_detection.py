@@ -68,7 +68,7 @@ def test_quick_detection_demo_writes_the_run_and_prints_the_summary(quick_demo):
     config = load_settings(out / "demo_config.toml")
     assert config.model.name == DETECTION_MODEL and config.model.kwargs == DETECTION_KWARGS
     assert config.task.kind == "detection" and config.data.spec == DETECTION_DATA
-    assert config.proxy.score == "map50" and config.budget.flops == 0.5
+    assert config.proxy.score == "loss" and config.rerank.score == "loss" and config.budget.flops == 0.5
     assert metrics["recipe"] == config.finetune.to_schedule().to_dict()  # the recipe the config records
     assert main(["demo", "--task", "detection", "--quick", "--quiet", "--out", str(out)]) == 2  # no overwrite
 
