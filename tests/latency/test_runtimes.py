@@ -163,3 +163,19 @@ def test_an_onnxruntime_call_opens_its_session_when_run_and_drops_it_on_release(
     np.testing.assert_array_equal(call()[0], first)  # reopened: the same forward
     with torch.no_grad():
         np.testing.assert_allclose(first, module(example).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_standalone_inputs_share_one_pool_of_noise(model_and_space):
+    """Hundreds of standalone calls are alive at once while they are timed: their inputs are views of one
+    seeded pool, not tensors of their own."""
+    from acp.latency.table import seeded_input
+
+    _, space = model_and_space
+    inputs = [standalone_layer(layer, 4, 8, batch_size=2)[1] for layer in space.compute_layers]
+    big = seeded_input((3, 5, 7))
+    again = seeded_input((3, 5, 7))
+    assert torch.equal(big, again) and big.shape == (3, 5, 7)
+    newest = seeded_input((2,))
+    assert newest.untyped_storage().data_ptr() == again.untyped_storage().data_ptr()
+    assert all(torch.isfinite(x).all() for x in inputs)
+    assert len({x.untyped_storage().data_ptr() for x in inputs}) <= 2  # the pool, and at most one regrowth
