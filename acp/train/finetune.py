@@ -334,7 +334,12 @@ def summary_rows(metrics: dict) -> list[tuple[str, str, str]]:
             (
                 f"latency {batch.replace('batch', 'batch ')}",
                 f"{latency['base_ms']:.2f} ms",
-                f"{latency['pruned_ms']:.2f} ms ({latency['speedup']:.2f}x faster)",
+                f"{latency['pruned_ms']:.2f} ms ({_speed_text(latency['speedup'])})",
             )
         )
     return rows
+
+
+def _speed_text(speedup: float) -> str:
+    """``"1.52x faster"``, or ``"1.13x slower"`` when the pruned model is slower (a speed-up below 1)."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"

@@ -283,3 +283,16 @@ def test_a_classifier_does_not_resume_from_a_detectors_checkpoint(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match="it is a detection training checkpoint, not a classifier's"):
         loop._restore(path, model, optimizer, Schedule(epochs=1))
+
+
+def test_summary_says_slower_when_the_pruned_model_is_slower():
+    from acp.train.finetune import summary_rows
+
+    metrics = {
+        **{"base_map50": 0.95, "map50_after": 0.95, "map50_before": 0.01, "base_macs": 10, "macs": 5},
+        **{"macs_ratio": 0.5, "base_params": 10, "params": 5, "params_ratio": 0.5},
+        "latency_cpu": {"batch1": {"base_ms": 68.0, "pruned_ms": 77.0, "speedup": 68.0 / 77.0}},
+    }
+    assert summary_rows(metrics)[-1] == ("latency batch 1", "68.00 ms", "77.00 ms (1.13x slower)")
+    metrics["latency_cpu"]["batch1"].update(pruned_ms=34.0, speedup=2.0)
+    assert summary_rows(metrics)[-1][2] == "34.00 ms (2.00x faster)"
