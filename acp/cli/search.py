@@ -21,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="PSO search for the best architecture under a FLOPs/params budget",
         description="Search channel widths under a MACs (FLOPs) and/or params budget with a particle swarm "
         "seeded by feature-map clustering. Writes OUT/best_arch.json, history.sqlite, a checkpoint "
-        "(resume with --resume OUT) and report.png.",
+        "(resume with --resume OUT), report.png and report.html (rewritten after every iteration).",
     )
     parser.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
     parser.add_argument("--out", help="new run directory")
@@ -100,5 +100,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in result.summary_lines():
         print(line)
-    print(f"best architecture: {result.run_dir / 'best_arch.json'}; report: {result.run_dir / 'report.png'}")
+    print(
+        f"best architecture: {result.run_dir / 'best_arch.json'}; "
+        f"report: {result.run_dir / 'report.html'} (and report.png)"
+    )
     return 0

@@ -5,6 +5,11 @@ keep ratios (:mod:`acp.search.pso`), the budget repairs them (:mod:`acp.core.bud
 the evaluator on them (:mod:`acp.search.backends`), and the store records everything
 (:mod:`acp.search.store`). The run directory (contract, DESIGN.md) holds ``history.sqlite``,
 ``checkpoint.json`` (+ ``checkpoint.prev.json``), ``best_arch.json`` and, at the end, ``report.png``.
+
+``on_iteration(state, status)``, when given, is called after every checkpoint of the loop with a copy of the
+study's state (as checkpointed) and ``"running"``, and once more when ``run()`` ends (``"finished"``) or is
+interrupted (``"interrupted"``). It sees only what is already on disk, so whatever it does (the workflow
+writes ``report.html``) cannot change the search; an exception it raises is logged as a warning.
 """
 
 from __future__ import annotations
@@ -132,8 +137,11 @@ class Study:
         progress: bool = False,
         finalist_evaluator=None,
         finalists: int = 0,
+        on_iteration: Callable[[dict, str], None] | None = None,
     ):
         self.space = space
+        self.on_iteration = on_iteration
+        self._checkpointed: dict | None = None
         self.finalist_evaluator = finalist_evaluator
         self.finalists = int(finalists) if finalist_evaluator is not None else 0
         self.evaluator = evaluator
@@ -191,12 +199,14 @@ class Study:
             log.warning(
                 "interrupted: %s is resumable with `acp search --resume %s`", self.run_dir, self.run_dir
             )
+            self._notify("interrupted")
             raise
         finally:
             if backend is not None:
                 backend.close()
             history.close()
         self._write_report(result)
+        self._notify("finished")
         return result
 
     # --- setup -------------------------------------------------------------------------------------
@@ -241,6 +251,7 @@ class Study:
             self._check_fingerprint(checkpoint["fingerprint"])
             self.swarm.load_state_dict(checkpoint["swarm"])
             self.state = checkpoint["study"]
+            self._checkpointed = _jsonable(self.state)
             dropped = history.truncate(self.state["iteration"])
             if dropped:
                 log.warning(
@@ -305,6 +316,7 @@ class Study:
                 state["elapsed"] = elapsed_before + (time.perf_counter() - session_began)
                 state.setdefault("elapsed_per_iteration", []).append(state["elapsed"])
                 self._checkpoint()
+                self._notify("running")
                 session_evaluations += len(rows)
                 bar.update(1)
                 bar.set_postfix_str(self._postfix(session_evaluations, time.perf_counter() - session_began))
@@ -488,6 +500,15 @@ class Study:
                 "study": self.state,
             },
         )
+        self._checkpointed = _jsonable(self.state)  # what on_iteration is shown: the state on disk
+
+    def _notify(self, status: str) -> None:
+        if self.on_iteration is None or self._checkpointed is None:
+            return
+        try:
+            self.on_iteration(_jsonable(self._checkpointed), status)
+        except Exception as error:  # a report must never cost the user the search
+            log.warning("on_iteration (%s) failed: %s", status, error)
 
     def _postfix(self, evaluations: int, seconds: float) -> str:
         best = self.state["best"]

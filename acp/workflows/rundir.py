@@ -2,7 +2,8 @@
 
 ``DIR/config.toml`` (the resolved settings), ``DIR/proposal.json`` (the clustering proposal and the channel
 rankings), the search's own store (``history.sqlite``, ``checkpoint.json``, ``best_arch.json``,
-``report.png``; named in :mod:`acp.search`), and ``DIR/finetune/`` for ``acp run``'s retrained winner.
+``report.png``; named in :mod:`acp.search`), ``DIR/report.html`` (the run as a page, rewritten while it
+runs: :mod:`acp.workflows.report`), and ``DIR/finetune/`` for ``acp run``'s retrained winner.
 Only the workflows read or write these files; the stages get settings objects and data.
 """
 
@@ -22,6 +23,7 @@ from acp.settings import RunSettings, load_settings
 
 CONFIG_FILE = "config.toml"
 PROPOSAL_FILE = "proposal.json"
+REPORT_HTML_FILE = "report.html"  # acp.workflows.report; `acp report DIR` rewrites it
 LATENCY_FILE = "latency_table.json"  # the latency table a latency-budget search predicts with
 FINETUNE_DIR = "finetune"
 
@@ -35,6 +37,7 @@ __all__ = [
     "PREVIOUS_CHECKPOINT_FILE",
     "PROPOSAL_FILE",
     "REPORT_FILE",
+    "REPORT_HTML_FILE",
     "RUN_STATE_FILES",
     "read_proposal",
     "read_run_settings",

@@ -5,7 +5,8 @@ budget) leaves no half-made run directory: load the problem, check the budget, c
 the training split, collect feature statistics on the calibration images, propose widths by clustering,
 rank channels with the criterion, build the proxy evaluator. Then the run directory gets
 ``config.toml`` (the resolved settings) and ``proposal.json`` (the clustering proposal and the channel
-rankings), and the :class:`~acp.search.study.Study` runs.
+rankings), and the :class:`~acp.search.study.Study` runs, rewriting ``report.html`` as it goes
+(:class:`acp.workflows.report.LiveReport`).
 
 A resumed run reads ``config.toml`` and ``proposal.json`` back instead of recomputing them, so it scores
 candidates exactly as the interrupted run did.
@@ -153,6 +154,9 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
         rundir.write_proposal(run_dir, proposal_widths, space, criterion)
         write_search_latency(run_dir, latency_model)
+    from acp.workflows.report import LiveReport
+
+    live_report = LiveReport(run_dir, space=space, budget=budget, search_settings=settings.search)
     architecture = evaluator.architecture
     if problem.task == "classification":  # a detector normalizes its own inputs (its transform)
         architecture = _with_preprocessing(architecture, Preprocessing.of_data(data))
@@ -168,6 +172,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
         finalist_evaluator=finalist_evaluator,
         finalists=settings.rerank.finalists,
+        on_iteration=live_report,
     )
     try:
         result = study.run(resume=resume)
@@ -186,6 +191,8 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
             architecture=architecture,
             evaluators=(evaluator, finalist_evaluator),
         )
+        if result.latency_check is not None:  # best_arch.json was measured (and maybe shrunk): show it
+            live_report(None, "finished", notes=result.latency_check.lines())
     return result
 
 

@@ -49,6 +49,7 @@ def test_search_writes_the_run_directory(finished_run, capsys):
         "checkpoint.json",
         "best_arch.json",
         "report.png",
+        "report.html",
     ):
         assert (finished_run / name).is_file(), name
     rows = store.History(finished_run / store.HISTORY_FILE).rows()
@@ -87,3 +88,17 @@ def test_user_errors(config, finished_run, tmp_path):
     with pytest.raises(UserError, match="give --out DIR for a new run or --resume DIR"):
         acp_search(str(config))
     assert not (tmp_path / "new").exists()  # nothing half-written
+
+
+def test_report_html_of_a_real_run_and_acp_report(finished_run, capsys):
+    from acp.cli import main
+
+    html = (finished_run / "report.html").read_text(encoding="utf-8")
+    winner = Architecture.load(finished_run / "best_arch.json")
+    assert "re-ranked winner" in html and "finalists re-scored; the winner was #" in html
+    assert "<td>2 of 2</td>" in html and "finished</span>" in html and "finalist score" in html
+    assert f"{winner.provenance['proxy_score']:.4f}" in html
+    (finished_run / "report.html").unlink()
+    assert main(["report", str(finished_run)]) == 0
+    again = (finished_run / "report.html").read_text(encoding="utf-8")
+    assert "<td>2 of 2</td>" in again and "re-ranked winner" in again and "[search]" in again

@@ -88,6 +88,14 @@ def test_the_architecture_records_the_latency_budget_and_prediction(latency_prob
     assert arch.latency["predicted_ms"] <= 0.6 * arch.latency["base_ms"]
     assert Architecture.from_dict(json.loads((out / "best_arch.json").read_text())) == arch
     assert (out / "latency_table.json").is_file() and (out / "report.png").is_file()
+    html = (out / "report.html").read_text(encoding="utf-8")  # the cost/score plane has a latency panel
+    assert "latency ms</th>" in html and f"{arch.latency['predicted_ms']:.3g}" in html
+    from acp.workflows.report import regenerate_report  # `acp report`: the space rebuilt from config.toml
+
+    page = regenerate_report(out, out=out / "again.html")
+    again = page.read_text(encoding="utf-8")
+    page.unlink()
+    assert "latency ms</th>" in again and "could not be rebuilt" not in again
 
 
 def test_resume_predicts_with_the_run_directorys_table(latency_problem, finished, tmp_path):
