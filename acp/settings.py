@@ -286,7 +286,10 @@ class ModelSettings(Section):
 
     SECTION: ClassVar[str] = "model"
     name: str | None = setting(
-        None, (str, NONE), lambda v: bool(v), "a registry name, torchvision name or package.module:factory"
+        None,
+        (str, NONE),
+        lambda v: bool(v),
+        "a registry name, torchvision name, timm:NAME or package.module:factory",
     )
     num_classes: int | None = setting(None, (int, NONE), *POSITIVE)
     weights: str | None = setting(None, (str, NONE), *NON_EMPTY, path=True)

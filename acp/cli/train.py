@@ -11,7 +11,9 @@ from acp.settings import SCHEDULES, DataSettings, Schedule
 
 def register(commands) -> None:
     train = commands.add_parser("train", help="train a base model")
-    train.add_argument("--model", required=True, help="registry/torchvision name or package.module:factory")
+    train.add_argument(
+        "--model", required=True, help="registry/torchvision name, timm:NAME or package.module:factory"
+    )
     train.add_argument("--data", required=True, help="data SPEC: ImageFolder path, CIFAR dir, or 'digits'")
     train.add_argument("--epochs", type=positive_int, required=True)
     train.add_argument("--out", required=True, help="output directory (new, or existing with --resume)")

@@ -8,9 +8,11 @@ elements; ...). Every width involved is a linear function of the group widths (s
 terms gives ``const + linear @ w + w @ quadratic @ w`` with integer coefficients: the cost of a whole swarm
 is two integer matrix products, and equals the counter's result on the materialized model exactly.
 
-Modules the counter counts but acp does not model (RNNs, attention, LayerNorm, ...) are taken from the
-counter's own per-layer figure, which is only valid while their widths stay fixed; a group that would
-change them is reported as an error naming the layer.
+Modules the counter counts but acp does not model (RNNs, attention, a LayerNorm over more than the
+channels, ...) are taken from the counter's own per-layer figure, which is only valid while their widths
+stay fixed; a group that would change them is reported as an error naming the layer. Subclasses of the
+layers the counter counts (timm's ``Conv2dSame``, ``BatchNormAct2d``) are counted as their base class
+(:func:`acp.core.graph.count_subclasses_as_their_base`), by the counter and by this model alike.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.utils import op_counter
 
-from acp.core.graph import Analysis, ChannelExpr, counted_modules
+from acp.core.graph import Analysis, ChannelExpr, NormActHook, counted_modules, norm_activations
 from acp.errors import UserError
 
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
@@ -88,12 +90,27 @@ def collect_terms(analysis: Analysis, searchable: set[int]) -> tuple[list[Term],
                     expr.per_group[0][0],
                 )
 
+    def elementwise(name: str, module: nn.Module, shape, channels: ChannelExpr, first: int = 1) -> Term:
+        """One count per tensor element: elements per channel times the channel width. The channels are the
+        tensor's dim ``first`` or, channels-last, its last dim; a width read from elsewhere, or one that
+        cannot hold the channels of the groups it follows, is not counted as varying."""
+        if not shape or len(shape) <= first or 0 in shape:
+            return Term(name, math.prod(shape) if shape else 0)
+        held = sum(m * analysis.groups[g].full_width for g, m in channels.per_group)
+        if channels.base not in (shape[first], shape[-1]) or held > channels.base:
+            require_fixed(name, module, (channels,))
+            return Term(name, math.prod(shape))
+        return Term(name, math.prod(shape) // channels.base, (channels,))
+
     macs: list[Term] = []
     from_counter: list[str] = []
     for call in analysis.calls:
         name = call.module
         module = model.get_submodule(name)
         hook = op_counter.MODULES_MAPPING.get(type(module))
+        activations = 0  # a norm layer's own activations (BatchNormAct2d), one count per output element
+        if isinstance(hook, NormActHook):
+            hook, activations = hook.norm_hook, norm_activations(module)
         in_channels = restrict(call.in_channels, searchable)
         out_channels = restrict(call.out_channels, searchable)
         if hook is op_counter.conv_flops_counter_hook:
@@ -109,13 +126,24 @@ def collect_terms(analysis: Analysis, searchable: set[int]) -> tuple[list[Term],
             channels = side(name, "out", module.num_features)
             per_channel = math.prod(call.in_shape) // module.num_features
             macs.append(Term(name, per_channel * (2 if module.affine else 1), (channels,)))
+            if activations:
+                per_output = math.prod(call.out_shape) // module.num_features
+                macs.append(Term(name, per_output * activations, (channels,)))
+        elif hook is op_counter.ln_flops_counter_hook and _channel_layer_norm(module):
+            # over the channels alone, in any layout: its width is its module side, not the tensor's dim 1
+            channels = side(name, "out", module.normalized_shape[0])
+            per_channel = math.prod(call.in_shape) // module.normalized_shape[0]
+            macs.append(Term(name, per_channel * (2 if module.elementwise_affine else 1), (channels,)))
+            if activations:
+                per_output = math.prod(call.out_shape) // module.normalized_shape[0]
+                macs.append(Term(name, per_output * activations, (channels,)))
         elif hook is op_counter.relu_flops_counter_hook:
-            macs.append(_elementwise(name, call.out_shape, out_channels))
+            macs.append(elementwise(name, module, call.out_shape, out_channels))
         elif hook is op_counter.pool_flops_counter_hook:
-            macs.append(_elementwise(name, call.in_shape, in_channels))
+            macs.append(elementwise(name, module, call.in_shape, in_channels))
         elif hook is op_counter.upsample_flops_counter_hook:
             # the counter looks at output[0]: the first sample only
-            macs.append(_elementwise(name, call.out_shape[1:], out_channels, channel_dim=0))
+            macs.append(elementwise(name, module, call.out_shape[1:], out_channels, first=0))
         else:
             exprs = [in_channels, out_channels, side(name, "in", 0), side(name, "out", 0)]
             require_fixed(name, module, exprs)
@@ -143,20 +171,12 @@ def _conv_macs(name, module, call, side, require_fixed) -> list[Term]:
     return terms
 
 
+def _channel_layer_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1
+
+
 def _is_depthwise(module: nn.Module) -> bool:
     return module.groups == module.out_channels == module.in_channels and module.out_channels > 1
-
-
-def _elementwise(name: str, shape, channels: ChannelExpr, channel_dim: int = 1) -> Term:
-    """Counts of one per tensor element: elements per channel times the channel width."""
-    if shape is None or len(shape) <= channel_dim or shape[channel_dim] == 0:
-        return Term(name, math.prod(shape) if shape else 0)
-    per_channel = math.prod(shape) // shape[channel_dim]
-    if per_channel * shape[channel_dim] != math.prod(shape):  # pragma: no cover - integer shapes
-        raise RuntimeError(f"{name}: cannot split {shape} into channels")
-    if channels.base != shape[channel_dim]:
-        channels = ChannelExpr(shape[channel_dim])  # not the graph's channel dim: a fixed width
-    return Term(name, per_channel, (channels,))
 
 
 def _parameter_terms(model: nn.Module, side, require_fixed) -> list[Term]:
@@ -185,6 +205,11 @@ def _parameter_terms(model: nn.Module, side, require_fixed) -> list[Term]:
             terms.append(Term(owner_name, 1, (side(owner_name, "out", owner.num_features),)))
         elif isinstance(owner, nn.PReLU) and owner.num_parameters > 1:
             terms.append(Term(owner_name, 1, (side(owner_name, "out", owner.num_parameters),)))
+        elif _channel_layer_norm(owner) and attribute in ("weight", "bias"):
+            terms.append(Term(owner_name, 1, (side(owner_name, "out", owner.normalized_shape[0]),)))
+        elif parameter.dim() >= 1 and numel == parameter.shape[0] and side(full_name, "out", numel).varies:
+            # a per-channel parameter outside any layer (a layer scale), pruned as a channel group member
+            terms.append(Term(full_name, 1, (side(full_name, "out", numel),)))
         else:
             require_fixed(owner_name, owner, (side(owner_name, "in", 0), side(owner_name, "out", 0)))
             terms.append(Term(owner_name, numel))

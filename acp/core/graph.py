@@ -26,6 +26,7 @@ import fnmatch
 import logging
 import re
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,10 @@ log = logging.getLogger(__name__)
 CONV_OUT, CONV_IN, DEPTHWISE = "conv_out", "conv_in", "depthwise"
 LINEAR_OUT, LINEAR_IN = "linear_out", "linear_in"
 BATCHNORM, PRELU = "batchnorm", "prelu"
-PRUNABLE_KINDS = (CONV_OUT, CONV_IN, DEPTHWISE, LINEAR_OUT, LINEAR_IN, BATCHNORM, PRELU)
+LAYERNORM = "layernorm"  # a LayerNorm over the channels alone (normalized_shape == (C,)), any layout
+PARAMETER = "parameter"  # a per-channel parameter outside any layer (a layer scale, (C,) or (C, 1, 1)),
+# sliced along dim 0: ``Member.module`` is the parameter's name
+PRUNABLE_KINDS = (CONV_OUT, CONV_IN, DEPTHWISE, LINEAR_OUT, LINEAR_IN, BATCHNORM, PRELU, LAYERNORM, PARAMETER)
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -105,6 +109,66 @@ class Analysis:
     module_sides: dict[tuple[str, str], ChannelExpr] = field(default_factory=dict)
     classifiers: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+
+
+_NORM_HOOKS = (op_counter.bn_flops_counter_hook, op_counter.ln_flops_counter_hook)
+
+
+class NormActHook:
+    """The counter's hook for a norm layer followed by its own activation children (``BatchNormAct2d``)."""
+
+    def __init__(self, norm_hook):
+        self.norm_hook = norm_hook
+
+    def __call__(self, module, inputs, output):
+        self.norm_hook(module, inputs, output)
+        module.__flops__ += int(output.numel()) * (norm_activations(module) or 0)
+
+
+def norm_activations(module: nn.Module) -> int | None:
+    """How many children of a norm layer the counter counts as activations (one per output element each),
+    or None unless every child is either such an activation or a module the counter does not count,
+    neither holding parameters (``Identity``, ``Dropout``, ``SiLU``, ...)."""
+    count = 0
+    for child in module.children():
+        if any(True for _ in child.parameters()):
+            return None
+        hooks = [op_counter.MODULES_MAPPING.get(type(inner)) for inner in child.modules()]
+        if hooks == [op_counter.relu_flops_counter_hook]:
+            count += 1
+        elif any(hook is not None for hook in hooks):
+            return None
+    return count
+
+
+def count_subclasses_as_their_base(model: nn.Module) -> None:
+    """Make ``count_ops_and_params`` count ``model``'s subclasses of the layers it counts.
+
+    The counter matches module types exactly, so a subclass of Conv2d (timm's ``Conv2dSame``,
+    ``StdConv2d``, ``ScaledStdConv2d``), of Linear, of a norm or an activation would silently count as zero
+    MACs. Such a subclass is registered in the counter's table (for the whole process):
+
+    - without children, with the hook of its nearest counted base class: it costs what the layer it
+      extends costs;
+    - a norm with children (timm's ``BatchNormAct2d``: the norm, then its ``drop`` and ``act``) with
+      :class:`NormActHook`: the norm as the counter counts it, plus its activations as the counter counts
+      them (see :func:`norm_activations`). Other subclasses with children are left alone: counting them
+      would stop the counter from counting their children.
+    """
+    mapping = op_counter.MODULES_MAPPING
+    for module in model.modules():
+        kind = type(module)
+        if kind in mapping:
+            continue
+        base = next((parent for parent in kind.__mro__[1:] if parent in mapping), None)
+        if base is None:
+            continue
+        if next(module.children(), None) is None:
+            log.debug("counting %s as %s", kind.__name__, base.__name__)
+            mapping[kind] = mapping[base]
+        elif mapping[base] in _NORM_HOOKS and norm_activations(module) is not None:
+            log.debug("counting %s as %s and its activations", kind.__name__, base.__name__)
+            mapping[kind] = NormActHook(mapping[base])
 
 
 def counted_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -365,6 +429,7 @@ def trace(
     class unless ``model_name`` is given), the operation and the original error.
     """
     work = copy.deepcopy(model).eval()  # as Torch-Pruning's tracing leaves it
+    count_subclasses_as_their_base(work)
     for parameter in work.parameters():
         parameter.requires_grad_(True)  # tracing follows grad_fn; frozen weights would hide layers
     model_name = model_name or type(model).__name__
@@ -422,6 +487,10 @@ def analyze(
     work, graph, records = trace(model, example_input, model_name)
     module_names = {module: name for name, module in work.named_modules()}
     order = {name: position for position, name in enumerate(module_names.values())}
+    # parameters outside any layer (layer scales) take part in groups under their own names
+    param_names = {param: name for name, param in work.named_parameters() if param in graph.module2node}
+    for name in param_names.values():
+        order[name] = order[name.rpartition(".")[0]] + 0.5  # right after the module that holds it
     ignored = resolve_ignored(work, ignored_patterns)
     classifiers = _output_layers(graph, module_names)
     blocked = {name: name for name in ignored}
@@ -439,7 +508,9 @@ def analyze(
             continue
         full_width = int(pruner.get_out_channels(module))
         try:
-            raw, side_counts, outputs = _read_group(graph, module, name, full_width, module_names, blocked)
+            raw, side_counts, outputs = _read_group(
+                graph, module, name, full_width, module_names, param_names, blocked
+            )
         except UserError:
             raise
         except Exception as error:
@@ -469,26 +540,47 @@ def analyze(
     for name, in_grad_fn, out_grad_fn, in_shape, out_shape in records:
         in_node = node_of_grad_fn.get(in_grad_fn) if in_grad_fn is not None else None
         out_node = node_of_grad_fn.get(out_grad_fn) if out_grad_fn is not None else None
-        in_base = in_shape[1] if in_shape and len(in_shape) > 1 else 0
-        out_base = out_shape[1] if out_shape and len(out_shape) > 1 else 0
-        in_expr, out_expr = expr(in_node, "out", in_base), expr(out_node, "out", out_base)
+        in_expr = expr(in_node, "out", _tensor_channels(graph, in_node, in_shape))
+        out_expr = expr(out_node, "out", _tensor_channels(graph, out_node, out_shape))
         calls.append(Call(name, in_shape, out_shape, in_expr, out_expr))
 
     module_sides: dict[tuple[str, str], ChannelExpr] = {}
     for module, node in graph.module2node.items():
-        name = module_names.get(module) if isinstance(module, nn.Module) else None
+        name = module_names.get(module) if isinstance(module, nn.Module) else param_names.get(module)
         if name is None:
             continue
         pruner = graph.get_pruner_of_module(module)
         for side in ("in", "out"):
-            base = pruner.get_in_channels(module) if side == "in" else pruner.get_out_channels(module)
+            if isinstance(module, nn.Parameter):  # its width is along the node's pruning dim
+                base = graph.get_out_channels(module)
+            else:
+                base = pruner.get_in_channels(module) if side == "in" else pruner.get_out_channels(module)
             if base is not None:
                 module_sides[(name, side)] = expr(node, side, base)
     return Analysis(work, groups, calls, module_sides, classifiers, ignored)
 
 
+def _tensor_channels(graph: _Graph, node: Node | None, shape: tuple[int, ...] | None) -> int:
+    """How many channels a recorded tensor has, as Torch-Pruning counts them: its dim 1, or its last dim
+    when it is channels-last (ConvNeXt's MLP runs between two permutes: Linear, GELU, Linear over the
+    last dim), recognised by the channel count Torch-Pruning infers at ``node``."""
+    base = shape[1] if shape and len(shape) > 1 else 0
+    if node is None or len(shape or ()) < 3 or shape[-1] == base:
+        return base
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Maximum recursive depth reached!": then nothing is inferred
+        inferred = tp_shape_infer.infer_out_channels_recursively(graph, node, [0])
+    return int(inferred) if inferred == shape[-1] else base
+
+
 def _read_group(
-    graph: _Graph, root: nn.Module, root_name: str, full_width: int, module_names: dict, blocked: dict
+    graph: _Graph,
+    root: nn.Module,
+    root_name: str,
+    full_width: int,
+    module_names: dict,
+    param_names: dict,
+    blocked: dict,
 ) -> tuple[RawGroup, dict[tuple[int, str], int], list[nn.Module]]:
     """One group as plain data: (the group, channels per group channel at each (node, side), the modules
     whose outputs it holds)."""
@@ -498,15 +590,21 @@ def _read_group(
     blocked_by = unsupported = None
     passes_through = None  # an operation whose channel indices Torch-Pruning cannot follow
     split = None  # a torch.split/chunk of the group's channels
+    sliced = None  # a slice x[:, a:b] of part of the group's channels
     for item in group:
         node, handler = item.dep.target, item.dep.handler
         sides = _sides(graph, node, handler, module_names)
         target = node.module
-        target_name = module_names.get(target) if isinstance(target, nn.Module) else None
+        if isinstance(target, nn.Module):
+            target_name = module_names.get(target)
+        else:
+            target_name = param_names.get(target) if isinstance(target, nn.Parameter) else None
         if node in graph.opaque and passes_through is None:
             passes_through = graph.opaque[node]
         if _splits_channels(node) and len(item.idxs) and split is None:
             split = _describe_node(node, module_names)
+        if _slices_channels(node) and len(item.idxs) and sliced is None:
+            sliced = _describe_node(node, module_names)
         if "out" in sides and isinstance(target, nn.Module):
             outputs.append(target)
             if target_name in blocked and blocked_by is None:
@@ -528,6 +626,8 @@ def _read_group(
         unsupported = f"its channels pass through {passes_through}"
     elif split is not None:
         unsupported = f"its channels are split by {split} (torch.split/chunk), whose pieces acp cannot resize"
+    elif sliced is not None:
+        unsupported = f"part of its channels are taken by {sliced} (x[:, a:b]): acp cannot move its bounds"
     raw = RawGroup(root_name, full_width, tuple(members), blocked_by, unsupported, passes_through)
     return raw, side_counts, outputs
 
@@ -538,6 +638,25 @@ def _splits_channels(node: Node) -> bool:
         return False
     dim, sizes = getattr(node.grad_fn, "_saved_dim", None), _saved_sizes(node.grad_fn)
     return dim is None or sizes is None or int(dim) % len(sizes) == 1
+
+
+def _slices_channels(node: Node) -> bool:
+    """Whether ``node`` takes part of the channels (``x[:, a:b]``), as opposed to all of them or a slice of
+    another dim. The bounds are constants of the model's code: pruned, they would take other channels."""
+    if node.type != tp_ops.OPTYPE.SLICE:
+        return False
+    grad_fn = node.grad_fn
+    sizes = _saved_sizes(grad_fn)
+    dim = getattr(grad_fn, "_saved_dim", None)
+    if sizes is None or dim is None:
+        return True
+    dim = int(dim) % len(sizes)
+    if (len(sizes) == 4 and dim != 1) or (len(sizes) == 3 and dim != 2):  # where Torch-Pruning maps none
+        return False
+    start, end = getattr(grad_fn, "_saved_start", None), getattr(grad_fn, "_saved_end", None)
+    step = getattr(grad_fn, "_saved_step", 1)
+    whole = start in (None, 0) and step in (None, 1) and (end is None or int(end) >= sizes[dim])
+    return not whole
 
 
 def _sides(graph: tp.DependencyGraph, node: Node, handler, module_names: dict) -> tuple[str, ...]:
@@ -578,12 +697,25 @@ def _member_kind(module, label: str, sides: tuple[str, ...]) -> tuple[str | None
         return BATCHNORM, None
     if isinstance(module, nn.PReLU) and both:
         return (PRELU if module.num_parameters > 1 else None), None
+    if isinstance(module, nn.LayerNorm) and both:
+        if len(module.normalized_shape) != 1:
+            return None, f"LayerNorm {label} normalizes over more than the channels"
+        return LAYERNORM, None
+    if isinstance(module, nn.Parameter) and both:
+        if not _per_channel(module):
+            return None, f"parameter {label} of shape {list(module.shape)} is not a per-channel scale"
+        return PARAMETER, None
     holds_tensors = isinstance(module, nn.Module) and any(
         True for _ in (*module.parameters(recurse=False), *module.buffers(recurse=False))
     )
     if isinstance(module, nn.Module) and not holds_tensors:
         return None, None  # Torch-Pruning's placeholder ops (add, cat, flatten, ...) hold no tensors
     return None, f"{label} ({type(module).__name__}) cannot be sliced by acp"
+
+
+def _per_channel(parameter: torch.Tensor) -> bool:
+    """One value per channel along dim 0, as a layer scale of shape (C,) or (C, 1, 1)."""
+    return parameter.dim() >= 1 and parameter.numel() == parameter.shape[0]
 
 
 def _output_layers(graph: tp.DependencyGraph, module_names: dict) -> tuple[str, ...]:
@@ -678,8 +810,10 @@ def _replace_buffer(module: nn.Module, name: str, keep: torch.Tensor) -> None:
 def apply_removals(model: nn.Module, removals: dict[tuple[str, str], np.ndarray]) -> None:
     """Slice ``model`` in place: for each (module name, kind), drop the given indices of that dimension."""
     for (name, kind), remove in removals.items():
-        module = model.get_submodule(name)
-        size = _dimension_size(module, kind)
+        # a PARAMETER member is named by the parameter itself, the others by their module
+        owner, attribute = name.rpartition(".")[::2] if kind == PARAMETER else (name, "")
+        module = model.get_submodule(owner)
+        size = getattr(module, attribute).shape[0] if kind == PARAMETER else _dimension_size(module, kind)
         keep_mask = np.ones(size, dtype=bool)
         keep_mask[remove] = False
         keep = torch.from_numpy(np.flatnonzero(keep_mask))
@@ -719,6 +853,12 @@ def apply_removals(model: nn.Module, removals: dict[tuple[str, str], np.ndarray]
             if module.num_parameters > 1:
                 _replace_parameter(module, "weight", 0, keep)
                 module.num_parameters -= removed
+        elif kind == PARAMETER:
+            _replace_parameter(module, attribute, 0, keep)
+        elif kind == LAYERNORM:
+            _replace_parameter(module, "weight", 0, keep)
+            _replace_parameter(module, "bias", 0, keep)
+            module.normalized_shape = (module.normalized_shape[0] - removed,)
         else:  # pragma: no cover - kinds are produced by _member_kind only
             raise RuntimeError(f"unknown member kind {kind!r}")
 
@@ -734,4 +874,6 @@ def _dimension_size(module: nn.Module, kind: str) -> int:
         return module.in_features
     if kind == BATCHNORM:
         return module.num_features
+    if kind == LAYERNORM:
+        return module.normalized_shape[0]
     return module.num_parameters

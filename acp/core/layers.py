@@ -163,8 +163,22 @@ def collect_layers(
             compute.append(
                 ComputeLayer(call.module, LINEAR, in_shape, cin, cout, bias=module.bias is not None)
             )
+        elif isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+            # over the channels alone, in any layout (a channels-last tensor's dim 1 is not its channels)
+            channels = module.normalized_shape[0]
+            elementwise.append(
+                ElementwiseCall(
+                    call.module,
+                    math.prod(call.out_shape[1:]) // channels,
+                    side(call.module, "out", channels),
+                    in_shape,
+                    *standalone_signature(module),
+                )
+            )
         elif op_counter.MODULES_MAPPING.get(type(module)) is not None and len(call.out_shape) > 1:
             channels = call.out_shape[1]
+            if call.out_channels.base == call.out_shape[-1]:
+                channels = call.out_shape[-1]  # channels-last (see acp.core.graph._tensor_channels)
             per_channel = math.prod(call.out_shape[1:]) // max(channels, 1)
             expr = call.out_channels if call.out_channels.base == channels else ChannelExpr(channels)
             signature, timeable = standalone_signature(module)

@@ -175,7 +175,7 @@ class ChannelSpace:
             analysis, example, macs_terms, params_terms, from_counter
         )
 
-        groups = [_describe_group(analysis.groups[i], round_to, min_keep) for i in searchable]
+        groups = [_describe_group(analysis.groups[i], round_to, min_keep, analysis.model) for i in searchable]
         columns = {group_index: column for column, group_index in enumerate(searchable)}
         full_widths = np.array([group.full_width for group in groups], dtype=np.int64)
         fixed.sort(key=lambda group: [raw.id for raw in analysis.groups].index(group.id))
@@ -318,13 +318,19 @@ def _integer(value: object, what: str) -> int:
     return int(value)
 
 
-def _describe_group(raw: _graph.RawGroup, round_to: int, min_keep: float) -> ChannelGroup:
+def _describe_group(raw: _graph.RawGroup, round_to: int, min_keep: float, model: nn.Module) -> ChannelGroup:
     producers, norms, consumers = [], [], []
     for member in raw.members:
         identity = member.indices.size == raw.full_width and np.array_equal(member.indices, member.roots)
         if identity and member.kind in (_graph.CONV_OUT, _graph.LINEAR_OUT, _graph.DEPTHWISE):
             producers.append(member.module)
-        if member.kind == _graph.BATCHNORM and identity:
+        # a norm over exactly the group's channels; one over a concat of them with others (DenseNet's
+        # norm1 of every dense layer after the first) reads the group's channels as a consumer does
+        if (
+            member.kind == _graph.BATCHNORM
+            and identity
+            and model.get_submodule(member.module).num_features == raw.full_width
+        ):
             norms.append(member.module)
         elif member.kind in (_graph.CONV_IN, _graph.LINEAR_IN, _graph.DEPTHWISE, _graph.BATCHNORM):
             consumers.append(member.module)

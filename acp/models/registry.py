@@ -7,6 +7,8 @@ A name is one of
 - torchvision's box detectors (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``, ...; see
   :mod:`acp.models.detection`, which also says which part of a detector acp traces), built without the
   detector's or the backbone's pretrained weights,
+- ``timm:NAME`` -- any model of timm's registry (optional: ``pip install 'acp[timm]'``; see
+  :mod:`acp.models.timm_models`), built with ``pretrained=False``,
 - ``package.module:factory`` -- imports that module and calls the factory. This is the one place where
   acp executes code named by the user; it is documented as such. The module is looked for in the
   current working directory first, then on the Python path (as ``python -m`` would), so ``acp ...
@@ -31,7 +33,7 @@ from functools import partial
 from torch import nn
 
 from acp.errors import UserError
-from acp.models import detection
+from acp.models import detection, timm_models
 from acp.models.cifar_resnet import resnet_cifar
 from acp.models.mobilenetv2_cifar import mobilenetv2_cifar
 from acp.models.vgg_cifar import VGGCifar
@@ -73,23 +75,28 @@ def torchvision_model_names() -> list[str]:
 
 
 def is_factory_reference(name: str) -> bool:
-    return ":" in name
+    """``package.module:factory`` (a ``timm:NAME`` is not one)."""
+    return ":" in name and not timm_models.is_timm_name(name)
 
 
 def available_models() -> list[str]:
-    """Every name ``create_model`` accepts (besides ``package.module:factory``)."""
+    """Every name ``create_model`` accepts (besides ``package.module:factory`` and ``timm:NAME``)."""
     return sorted(ACP_MODELS) + torchvision_model_names() + detection.detector_names()
 
 
 def model_card(name: str) -> ModelCard | None:
-    """The card of an acp model, or None for torchvision/factory models."""
+    """The card of an acp model, or None for torchvision/timm/factory models (their classifiers are found
+    as the layers that produce the model output, see :func:`acp.core.graph.analyze`)."""
     return ACP_MODELS.get(name)
 
 
 def default_input_size(name: str, kwargs: dict | None = None) -> tuple[int, int, int] | None:
     """(channels, height, width) the model expects by default, if known. For a detector: the size of the
     tensor its transform hands the network for a square image (built with ``kwargs``, which may change
-    the transform's ``min_size``), see :func:`acp.models.detection.network_input_size`."""
+    the transform's ``min_size``), see :func:`acp.models.detection.network_input_size`. For ``timm:NAME``:
+    the ``input_size`` of timm's pretrained configuration, with ``in_chans``/``img_size`` of ``kwargs``."""
+    if timm_models.is_timm_name(name):
+        return timm_models.timm_input_size(name, kwargs)
     card = ACP_MODELS.get(name)
     if card is not None:
         return card.input_size
@@ -106,6 +113,8 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
         raise UserError(f"model name must be a non-empty string, got {name!r}")
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
+    if timm_models.is_timm_name(name):
+        return _build(name, *timm_models.timm_factory(name, kwargs))
     if is_factory_reference(name):
         return _call_factory(name, kwargs)
     card = ACP_MODELS.get(name)
@@ -127,6 +136,9 @@ def check_model_name(name: str) -> None:
     """UserError (with close matches) unless ``create_model`` knows ``name``; factories are not imported."""
     if not isinstance(name, str) or not name:
         raise UserError(f"model name must be a non-empty string, got {name!r}")
+    if timm_models.is_timm_name(name):
+        timm_models.check_timm_name(name)
+        return
     if is_factory_reference(name) or name in ACP_MODELS or name in detection.DETECTORS:
         return
     if name not in torchvision_model_names():
@@ -140,9 +152,9 @@ def _unknown_model(name: str) -> UserError:
     close = difflib.get_close_matches(name, available_models(), n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return UserError(
-        f"unknown model {name!r}{hint} (acp models: {', '.join(sorted(ACP_MODELS))}; "
-        "any torchvision classification model; torchvision detectors: "
-        f"{', '.join(detection.detector_names())}; or package.module:factory)"
+        f"unknown model {name!r}{timm_models.timm_hint(name)}{hint} (acp models: "
+        f"{', '.join(sorted(ACP_MODELS))}; any torchvision classification model; torchvision detectors: "
+        f"{', '.join(detection.detector_names())}; timm:NAME; or package.module:factory)"
     )
 
 

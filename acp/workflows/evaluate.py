@@ -196,5 +196,8 @@ def count_macs_and_params(model, image_shape) -> tuple[int, int]:
     import torch
     import torch_pruning as tp
 
+    from acp.core.graph import count_subclasses_as_their_base
+
+    count_subclasses_as_their_base(model)  # as the cost model counts them (timm's Conv2dSame, ...)
     macs, params = tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, *image_shape))
     return int(macs), int(params)

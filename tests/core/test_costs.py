@@ -27,6 +27,7 @@ MODELS = {
     "vgg16_bn": ({}, 32),
     "googlenet": ({"aux_logits": False, "init_weights": True}, 64),
     "densenet121": ({}, 64),
+    "convnext_tiny": ({}, 32),  # channels-last MLP (Linear, GELU, Linear), LayerNorm2d, layer scales
 }
 QUICK = ("resnet20_cifar", "vgg16_bn_cifar", "mobilenetv2_cifar", "mobilenet_v3_small", "googlenet")
 QUICK_SIZES = {"mobilenet_v3_small": 32, "googlenet": 32}

@@ -10,6 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from acp.core.graph import pruned_copy
 from acp.core.space import ChannelSpace, min_width_for
 from acp.errors import UserError
 from acp.models import create_model
@@ -161,7 +162,18 @@ def test_snap_and_uniform_widths(resnet20):
     assert snapped[2].tolist() == [8] * 12  # ties go up
     coarse = ChannelSpace.build(create_model("resnet20_cifar"), CIFAR, round_to=8)
     assert coarse.snap([11.9, 12.0, 3.0, 28.1, 27.9, 28.0, 19.9, 32, 59.9, 60, 44, 1]).tolist() == [
-        8, 16, 8, 16, 24, 32, 16, 32, 56, 64, 48, 8,
+        8,
+        16,
+        8,
+        16,
+        24,
+        32,
+        16,
+        32,
+        56,
+        64,
+        48,
+        8,
     ]
     with pytest.raises(UserError, match="keep_ratio"):
         space.uniform_widths(0.0)
@@ -217,8 +229,53 @@ def test_depthwise_conv_is_tied_to_its_producer():
     assert space.group("features.2.conv.2").producers == ("features.2.conv.2", "features.3.conv.2")
 
 
+class _ChannelsLastBlock(nn.Module):
+    """ConvNeXt's block as torchvision writes it: a channels-last LayerNorm -> Linear -> GELU -> Linear MLP
+    between two permutes, a layer scale of shape (C, 1, 1), and a residual add."""
+
+    def __init__(self, channels: int = 8, hidden: int = 24):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.fc1, self.act, self.fc2 = nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels)
+        self.scale = nn.Parameter(torch.full((channels, 1, 1), 0.5))
+        self.head = nn.Linear(channels, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.fc2(self.act(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.head((x + self.scale * y).mean((2, 3)))
+
+
+def test_channels_last_layers_and_layer_scales_are_pruned_with_exact_costs():
+    """The GELU's tensor is (N, H, W, hidden): its width is its last dim (it was read from dim 1, H)."""
+    model = _ChannelsLastBlock()
+    example = torch.zeros(1, 3, 6, 6)
+    space = ChannelSpace.build(model, example)
+    assert space.ids == ("stem", "fc1")
+    assert [g.id for g in space.fixed_groups] == ["head"]
+    keep = {"stem": [1, 2, 6], "fc1": [0, 5, 7, 11, 23]}
+    pruned = pruned_copy(model, space.removal_plan(keep))
+    assert pruned.scale.shape == (3, 1, 1) and pruned.norm.normalized_shape == (3,)
+    assert pruned(example).shape == (1, 4)
+    macs, params = tp.utils.count_ops_and_params(pruned, example)
+    assert space.cost({"stem": 3, "fc1": 5}) == (int(macs), params)
+
+
+def test_a_norm_over_a_concat_reads_the_group_as_a_consumer():
+    """DenseNet: norm1 of the second dense layer normalizes conv0's 64 channels concatenated with the first
+    layer's 32; it is not one of the group's norms (whose maps have the group's width: feature statistics
+    hook them)."""
+    space = ChannelSpace.build(create_model("densenet121"), CIFAR)
+    stem = space.group("features.conv0")
+    assert stem.norms == ("features.norm0", "features.denseblock1.denselayer1.norm1")
+    assert "features.denseblock1.denselayer2.norm1" in stem.consumers
+
+
 class _NormZoo(nn.Module):
-    """A model with layers acp does not slice (GroupNorm, LayerNorm) next to ones it does."""
+    """A model with a layer acp does not slice (GroupNorm) next to ones it does (a channels-last LayerNorm
+    over the channels among them)."""
 
     def __init__(self):
         super().__init__()
@@ -240,10 +297,15 @@ def test_unsupported_layers_keep_their_groups_fixed_and_costs_exact(caplog):
     model = _NormZoo()
     example = torch.zeros(1, 3, 16, 16)
     space = ChannelSpace.build(model, example)
-    assert space.ids == ("c",)
+    assert space.ids == ("b", "c")
     reasons = {g.id: g.reason for g in space.fixed_groups}
     assert reasons["a"] == "gn (GroupNorm) cannot be sliced by acp"
-    assert "ln" in reasons["b"]
     assert "kept at full width" in caplog.text
     macs, params = tp.utils.count_ops_and_params(model, example)
     assert (space.base_macs, space.base_params) == (int(macs), params)
+    keep = {"b": [0, 2, 5], "c": [1, 4]}
+    pruned = pruned_copy(model, space.removal_plan(keep))
+    assert pruned.ln.normalized_shape == (3,) and pruned.ln.weight.shape == (3,)
+    assert pruned(example).shape == (1, 4)
+    macs, params = tp.utils.count_ops_and_params(pruned, example)
+    assert space.cost({"b": 3, "c": 2}) == (int(macs), params)
