@@ -11,11 +11,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from acp.cli import cache, cluster, demo, evaluate, finetune, info, latency, prune, report, run, search, train
+from acp.cli import (
+    cache,
+    cluster,
+    demo,
+    evaluate,
+    finetune,
+    front,
+    info,
+    latency,
+    prune,
+    report,
+    run,
+    search,
+    train,
+)
 from acp.cli.common import Parser
 from acp.errors import UserError, one_line
 
-COMMANDS = (demo, train, evaluate, info, latency, cluster, search, report, run, prune, finetune, cache)
+COMMANDS = (demo, train, evaluate, info, latency, cluster, search, report, front, run, prune, finetune, cache)
 
 
 def build_parser() -> Parser:

@@ -229,7 +229,7 @@ def regenerate_report(run_dir: str | Path, *, out: str | Path | None = None) -> 
     notes = []
     if needs_space and (run_dir / rundir.CONFIG_FILE).is_file():
         try:
-            space, budget = _space_and_budget(run_dir)
+            space, budget = run_space_and_budget(run_dir)
         except (UserError, OSError, ValueError) as error:
             notes.append(
                 f"the channel space could not be rebuilt from {rundir.CONFIG_FILE}: {one_line(error)}"
@@ -237,7 +237,9 @@ def regenerate_report(run_dir: str | Path, *, out: str | Path | None = None) -> 
     return write_html_report(run_dir, out=out, space=space, budget=budget, notes=notes)
 
 
-def _space_and_budget(run_dir: Path):
+def run_space_and_budget(run_dir: Path):
+    """The run's channel space (rebuilt from ``config.toml`` with random weights) and its Budget, with the
+    run's own latency table when it has one."""
     import json
 
     from acp.core.budget import Budget
@@ -245,7 +247,7 @@ def _space_and_budget(run_dir: Path):
     from acp.workflows.problem import load_problem
 
     settings = rundir.read_run_settings(run_dir, flag="acp report")
-    problem = load_problem(settings, random_weights=True)  # the channel groups do not depend on the weights
+    problem = load_problem(rundir.structure_only(settings), random_weights=True)
     latency = None
     table = run_dir / rundir.LATENCY_FILE
     if table.is_file():

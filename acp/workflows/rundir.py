@@ -42,6 +42,7 @@ __all__ = [
     "read_proposal",
     "read_run_settings",
     "run_settings_near",
+    "structure_only",
     "write_proposal",
     "write_run_settings",
 ]
@@ -53,6 +54,14 @@ def read_run_settings(run_dir: str | Path, *, flag: str = "--resume") -> RunSett
     if not path.is_file():
         raise UserError(f"{flag} {run_dir}: no {CONFIG_FILE} there (not an acp run directory)")
     return load_settings(path)
+
+
+def structure_only(settings: RunSettings) -> RunSettings:
+    """The run's settings without its weights file: for rebuilding only the channel space (its groups do
+    not depend on the weights), so nothing is read and no "weights not read" warning is logged."""
+    import dataclasses
+
+    return settings.replace(model=dataclasses.replace(settings.model, weights=None))
 
 
 def write_run_settings(run_dir: Path, settings: RunSettings) -> None:

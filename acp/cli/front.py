@@ -1,0 +1,39 @@
+"""``acp front RUN``: the Pareto-optimal architectures of a search run (acp.workflows.front)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "front",
+        help="the Pareto front of a search run: print it, plot it, export its architectures",
+        description="Print the Pareto-optimal architectures of the search run RUN (no other evaluated "
+        "architecture is at most as costly in MACs, params and predicted latency and scores at least as "
+        "well), plot proxy score against each cost into RUN/front.png (or --plot FILE), and with --export "
+        "DIR write each of them as an architecture file for acp finetune.",
+    )
+    parser.add_argument("run", metavar="RUN", help="a search run directory (acp search --out RUN)")
+    parser.add_argument("--export", metavar="DIR", help="new directory for the front's architecture files")
+    parser.add_argument("--plot", metavar="FILE", help="write the plot to FILE instead of RUN/front.png")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from acp.workflows.front import FRONT_PLOT_FILE, export_front, plot_front, read_front
+
+    front = read_front(args.run)
+    print(
+        f"{len(front.optimal)} Pareto-optimal of {len(front.points)} distinct architectures "
+        f"({front.budget_label}; ratios of the base model):"
+    )
+    for line in front.table_lines():
+        print(line)
+    print(f"plot: {plot_front(front, args.plot or Path(args.run) / FRONT_PLOT_FILE)}")
+    if args.export:
+        paths = export_front(front, args.export)
+        print(f"exported {len(paths)} architectures to {args.export}")
+    return 0

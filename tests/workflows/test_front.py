@@ -1,0 +1,99 @@
+"""``acp front``: Pareto-optimal architectures of a hand-made history, and of a real run, exported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SEARCH_CONFIG
+
+from acp.cli import main
+from acp.core.architecture import Architecture
+from acp.models import create_model
+from acp.workflows.front import front_points, pareto_optimal
+
+
+def row(widths, macs, params, score, iteration=0, particle=0):
+    return {
+        "widths": widths,
+        "macs": macs,
+        "params": params,
+        "score": score,
+        "iteration": iteration,
+        "particle": particle,
+    }
+
+
+HAND_MADE = [
+    row([4, 4], 100, 50, 0.70, 0, 0),  # on the front: cheapest MACs
+    row([4, 6], 100, 60, 0.65, 0, 1),  # dominated by [4, 4] (same MACs, more params, lower score)
+    row([6, 6], 120, 40, 0.80, 0, 2),  # on the front: fewest params, best score so far
+    row([6, 8], 130, 45, 0.75, 1, 0),  # dominated by [6, 6]
+    row([8, 8], 150, 70, 0.90, 1, 1),  # on the front: best score
+    row([6, 6], 120, 40, 0.85, 1, 2),  # revisited: the better score counts
+    row([8, 6], 140, 65, None, 1, 3),  # failed: left out
+]
+
+
+def test_front_of_a_hand_made_history():
+    points = front_points(HAND_MADE, [{"widths": [8, 8], "score": 0.5}])
+    assert [p.widths for p in points] == [(4, 4), (4, 6), (6, 6), (6, 8), (8, 8)]  # by MACs, then params
+    assert [p.on_front for p in points] == [True, False, True, False, True]
+    by_widths = {p.widths: p for p in points}
+    assert by_widths[(6, 6)].score == 0.85 and by_widths[(6, 6)].iteration == 1
+    assert by_widths[(8, 8)].finalist_score == 0.5 and by_widths[(4, 4)].finalist_score is None
+
+
+def test_latency_counts_only_when_every_point_has_one():
+    rows = [row([4], 100, 50, 0.7), row([5], 100, 50, 0.6)]
+    assert [p.on_front for p in front_points(rows)] == [True, False]
+    faster = front_points(rows, latency_ms=[2.0, 1.0])  # the second is faster: a trade-off now
+    assert [p.on_front for p in faster] == [True, True] and faster[1].latency_ms == 1.0
+    assert [p.on_front for p in front_points(rows, latency_ms=[2.0, None])] == [True, False]
+
+
+def test_pareto_optimal_keeps_ties_and_drops_the_dominated():
+    costs = np.array([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [0.5, 3.0]])
+    scores = np.array([0.5, 0.5, 0.4, 0.5])
+    assert pareto_optimal(costs, scores).tolist() == [True, True, False, True]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("front")
+    torch.manual_seed(0)
+    torch.save(create_model("resnet8_cifar", num_classes=10).state_dict(), directory / "weights.pt")
+    (directory / "search.toml").write_text(TINY_SEARCH_CONFIG)
+    run_dir = directory / "run"
+    assert main(["search", str(directory / "search.toml"), "--out", str(run_dir), "--quiet"]) == 0
+    return run_dir
+
+
+def test_acp_front_prints_plots_and_exports_the_front(real_run, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "front"
+    assert main(["front", str(real_run), "--export", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("(MACs <= 50.0%; ratios of the base model):"), printed[0]
+    optimal = int(printed[0].split()[0])
+    assert optimal >= 1 and len(printed) == optimal + 4  # header line, table head, rows, plot, export
+    assert (real_run / "front.png").stat().st_size > 0
+    files = sorted(out.glob("front_*.json"))
+    assert len(files) == optimal
+    best = Architecture.load(real_run / "best_arch.json")
+    for path in files:
+        arch = Architecture.load(path)  # validated on load
+        assert arch.macs_ratio <= 0.5 and arch.provenance["source"] == "search"
+        assert arch.preprocessing == best.preprocessing
+        assert path.name.startswith("front_") and f"macs{100 * arch.macs_ratio:.1f}" in path.name
+    exported = {tuple(g.width for g in Architecture.load(p).groups): Architecture.load(p) for p in files}
+    winner = tuple(g.width for g in best.groups)
+    if winner in exported:  # the same widths keep the same channels as the search chose
+        assert [g.keep for g in exported[winner].groups] == [g.keep for g in best.groups]
+    assert main(["front", str(real_run), "--export", str(out)]) == 2  # never overwrites
+
+
+def test_front_of_a_directory_that_is_no_run_is_exit_2(tmp_path, capsys):
+    assert main(["front", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "no history.sqlite there" in lines[0]
