@@ -32,6 +32,19 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in front.table_lines():
         print(line)
+    winner_path = Path(args.run) / "best_arch.json"
+    if winner_path.is_file():
+        from acp.core.architecture import Architecture
+
+        winner = front.point_of([group.width for group in Architecture.load(winner_path).groups])
+        if winner is not None:
+            where = "on the front"
+            if not winner.on_front:
+                where = "not on the front (chosen by the re-ranking or the measured-latency check)"
+            print(
+                f"winner (best_arch.json): MACs {winner.macs / front.base_macs:.1%}, params "
+                f"{winner.params / front.base_params:.1%}, proxy score {winner.score:.4f}, {where}"
+            )
     print(f"plot: {plot_front(front, args.plot or Path(args.run) / FRONT_PLOT_FILE)}")
     if args.export:
         paths = export_front(front, args.export)

@@ -110,6 +110,11 @@ class RunFront:
     base_ms: float | None
     budget_label: str
 
+    def point_of(self, widths) -> FrontPoint | None:
+        """The point with these widths (e.g. the run's winner), or None when the run never scored them."""
+        key = tuple(int(width) for width in widths)
+        return next((point for point in self.points if point.widths == key), None)
+
     @property
     def optimal(self) -> list[FrontPoint]:
         return [point for point in self.points if point.on_front]

@@ -76,7 +76,8 @@ def test_acp_front_prints_plots_and_exports_the_front(real_run, tmp_path, capsys
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("(MACs <= 50.0%; ratios of the base model):"), printed[0]
     optimal = int(printed[0].split()[0])
-    assert optimal >= 1 and len(printed) == optimal + 4  # header line, table head, rows, plot, export
+    assert optimal >= 1 and len(printed) == optimal + 5  # header, table head, rows, winner, plot, export
+    assert printed[optimal + 2].startswith("winner (best_arch.json): MACs ")
     assert (real_run / "front.png").stat().st_size > 0
     files = sorted(out.glob("front_*.json"))
     assert len(files) == optimal
