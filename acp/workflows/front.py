@@ -95,10 +95,18 @@ def front_points(rows, finalists=(), *, latency_ms=None) -> list[FrontPoint]:
 def pareto_optimal(costs: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(N,) booleans: True where no other point has every cost <= and score >=, one of them strictly."""
     costs, scores = np.asarray(costs, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    no_worse = (costs[None, :, :] <= costs[:, None, :]).all(axis=2) & (scores[None, :] >= scores[:, None])
-    better = (costs[None, :, :] < costs[:, None, :]).any(axis=2) | (scores[None, :] > scores[:, None])
-    dominated = (no_worse & better).any(axis=1)  # [i, j]: j dominates i
-    return ~dominated
+    optimal = np.zeros(len(scores), dtype=bool)
+    # Any dominator comes first in this order (higher score, or the same score at a smaller cost sum), and a
+    # dominated point is dominated by some optimal one, so each point is checked against the front so far.
+    kept: list[int] = []
+    for i in np.lexsort((costs.sum(axis=1), -scores)):
+        front = np.asarray(kept, dtype=np.int64)
+        no_worse = (costs[front] <= costs[i]).all(axis=1) & (scores[front] >= scores[i])
+        better = (costs[front] < costs[i]).any(axis=1) | (scores[front] > scores[i])
+        if not (no_worse & better).any():
+            optimal[i] = True
+            kept.append(int(i))
+    return optimal
 
 
 @dataclass(frozen=True)

@@ -273,9 +273,10 @@ def _top_table(view) -> str:
     ranked = sorted(first.values(), key=lambda item: (-item[1]["score"], item[0]))[:TOP]
     finalist_scores = {tuple(row["widths"]): row["score"] for row in view.finalists}
     latency = any(row.get("latency_ms") is not None for _, row in ranked)
-    ok = view.ok_rows
-    costs = np.array([row["macs"] for row in ok], dtype=float)
-    front = {tuple(ok[i]["widths"]) for i in pareto_front(costs, np.array([row["score"] for row in ok]))}
+    from acp.workflows.front import front_points
+
+    latencies = [row.get("latency_ms") for row in view.rows]
+    front = {p.widths for p in front_points(view.rows, latency_ms=latencies) if p.on_front}
     columns = [("#", "asc"), ("score", "desc"), ("accuracy", "desc"), ("MACs %", "asc"), ("params %", "asc")]
     if latency:
         columns.append(("latency ms", "asc"))
@@ -314,7 +315,8 @@ def _top_table(view) -> str:
     caption = (
         f"The {len(ranked)} best distinct candidates by proxy score (of {len(first)}); "
         "click a column to sort. "
-        "Iterations count from 1 (history.sqlite's iteration + 1); front: on the MACs/score Pareto front."
+        "Iterations count from 1 (history.sqlite's iteration + 1); front: Pareto-optimal in MACs, params "
+        "(and predicted latency) against the score, as `acp front` lists them."
     )
     table = (
         f'<table class="sortable" id="top-table"><thead><tr>{head}</tr></thead>'

@@ -98,3 +98,19 @@ def test_front_of_a_directory_that_is_no_run_is_exit_2(tmp_path, capsys):
     assert main(["front", str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "no history.sqlite there" in lines[0]
+
+
+def test_pareto_optimal_equals_the_definition_on_random_ties():
+    """The front-so-far scan equals checking every pair, on small integer grids full of ties."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, d = int(rng.integers(1, 40)), int(rng.integers(1, 4))
+        costs, scores = rng.integers(0, 4, (n, d)).astype(float), rng.integers(0, 4, n).astype(float)
+        dominated = [
+            (
+                ((costs <= costs[i]).all(1) & (scores >= scores[i]))
+                & ((costs < costs[i]).any(1) | (scores > scores[i]))
+            ).any()
+            for i in range(n)
+        ]
+        assert pareto_optimal(costs, scores).tolist() == [not value for value in dominated]
