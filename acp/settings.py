@@ -41,12 +41,14 @@ class Rule:
     allowed: str = ""
     is_path: bool = False  # relative to the config file's directory
     execution: bool = False  # where/how long it runs, never what it computes (may change on resume)
+    # added after runs were made: left out of the fingerprint while at its default, so those runs resume
+    later: bool = False
 
 
-def setting(default: Any, kinds, check=None, allowed: str = "", *, path=False, execution=False):
+def setting(default: Any, kinds, check=None, allowed: str = "", *, path=False, execution=False, later=False):
     """A dataclass field declared with its rule (``kinds`` is a type or a tuple of types)."""
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    rule = Rule(kinds, check, allowed, path, execution)
+    rule = Rule(kinds, check, allowed, path, execution, later)
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"rule": rule})
     return field(default=default, metadata={"rule": rule})
@@ -215,6 +217,7 @@ class Section:
             spec.name: _plain(getattr(self, spec.name))
             for spec in dataclasses.fields(self)
             if not spec.metadata["rule"].execution
+            and not (spec.metadata["rule"].later and getattr(self, spec.name) == spec.default)
         }
 
     def replace(self, **changes) -> Section:
@@ -336,24 +339,102 @@ class SpaceSettings(Section):
     min_keep: float = setting(0.1, float, *RATIO)
 
 
+def _limits(check: Callable[[float], bool], allowed: str):
+    """A budget limit: one number, or a list of numbers (one search per entry: a multi-budget run)."""
+
+    def accept(value) -> bool:
+        if isinstance(value, list):
+            return bool(value) and all(
+                isinstance(item, numbers.Real) and not isinstance(item, bool) and check(float(item))
+                for item in value
+            )
+        return check(value)
+
+    return accept, f"{allowed}, or a list of them"
+
+
+BUDGET_KINDS = ("flops", "params", "latency", "latency_ms")
+
+
 @dataclass(frozen=True)
 class BudgetSettings(Section):
-    """``[budget]``: how much of the base model to keep (ratios of its MACs and/or parameters)."""
+    """``[budget]``: how much of the base model to keep (ratios of its MACs and/or parameters).
+
+    A limit may be a list (``flops = [0.7, 0.5, 0.3]``): the run then searches once per entry, sharing its
+    set-up (:meth:`each`). Lists of several kinds pair up entry by entry and must be equally long; a single
+    number applies to every entry."""
 
     SECTION: ClassVar[str] = "budget"
-    flops: float | None = setting(None, (float, NONE), *RATIO)
-    params: float | None = setting(None, (float, NONE), *RATIO)
+    flops: float | list | None = setting(None, (float, list, NONE), *_limits(*RATIO))
+    params: float | list | None = setting(None, (float, list, NONE), *_limits(*RATIO))
     # measured latency on the [latency] runtime: a ratio of the base model's, and/or milliseconds
-    latency: float | None = setting(None, (float, NONE), *RATIO)
-    latency_ms: float | None = setting(None, (float, NONE), *within(0, math.inf, open_low=True))
+    latency: float | list | None = setting(None, (float, list, NONE), *_limits(*RATIO))
+    latency_ms: float | list | None = setting(
+        None, (float, list, NONE), *_limits(*within(0, math.inf, open_low=True))
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in BUDGET_KINDS:  # TOML integers in a list (flops = [1, 0.5]) become floats
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, [float(item) for item in value])
+
+    def _check_combination(self) -> None:
+        lengths = {
+            name: len(value) for name in BUDGET_KINDS if isinstance(value := getattr(self, name), list)
+        }
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{name} has {length}" for name, length in lengths.items())
+            self.fail(
+                next(iter(lengths)),
+                f"budget lists pair up entry by entry and must be equally long ({listed})",
+            )
+        labels = [budget.label for budget in self.each()] if lengths else []
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            self.fail(next(iter(lengths)), f"budget {repeated[0]} is listed twice")
 
     @property
     def given(self) -> bool:
-        return any(value is not None for value in (self.flops, self.params, self.latency, self.latency_ms))
+        return any(getattr(self, name) is not None for name in BUDGET_KINDS)
 
     @property
     def uses_latency(self) -> bool:
         return self.latency is not None or self.latency_ms is not None
+
+    @property
+    def is_multiple(self) -> bool:
+        """Whether any limit is a list: the run searches once per entry (a multi-budget run)."""
+        return any(isinstance(getattr(self, name), list) for name in BUDGET_KINDS)
+
+    def each(self) -> list[BudgetSettings]:
+        """One single-number budget per entry of the lists (just ``[self]`` when nothing is a list)."""
+        if not self.is_multiple:
+            return [self]
+        count = max(len(value) for name in BUDGET_KINDS if isinstance(value := getattr(self, name), list))
+        return [
+            BudgetSettings(
+                **{
+                    name: value[index] if isinstance(value := getattr(self, name), list) else value
+                    for name in BUDGET_KINDS
+                }
+            )
+            for index in range(count)
+        ]
+
+    @property
+    def label(self) -> str:
+        """A single budget's name, used for its folder in a multi-budget run: ``flops0.5``,
+        ``flops0.5_params0.6``, ``latency_ms12.5``."""
+        if self.is_multiple:
+            raise ValueError("a list of budgets has no single label; use each()")
+        return "_".join(
+            f"{name}{getattr(self, name):g}" for name in BUDGET_KINDS if getattr(self, name) is not None
+        )
+
+    def labels(self) -> list[str]:
+        return [budget.label for budget in self.each()]
 
     def require(self, what: str) -> None:
         if not self.given:
@@ -398,6 +479,9 @@ class SearchSettings(Section):
     reseed_after: int = setting(3, int, *NON_NEGATIVE)  # 3: bench_engines (noisy landscape, 360+ evaluations)
     reseed_radius: float = setting(0.02, float, *within(0, 1))
     patience: int = setting(0, int, *NON_NEGATIVE)  # iterations without improvement before stopping; 0: off
+    # a multi-budget run: each budget's swarm (after the first) also starts from the previous budget's
+    # winner, repaired onto its own budget (particle 2); off: every budget searches as if alone
+    warm_start: bool = setting(False, bool, later=True)
     criterion: str = setting("l2", str, *one_of(*CRITERIA))  # which channels survive at a width
     tolerance: float = setting(0.01, float, *within(0, 1))  # warn when repair lands further below budget
     workers: int = setting(1, int, *POSITIVE, execution=True)
@@ -417,6 +501,8 @@ class SearchSettings(Section):
             )
         if self.topology == "ring" and self.neighbors >= self.particles:
             self.fail("neighbors", f"topology 'ring' needs neighbors < particles ({self.particles})")
+        if self.warm_start and self.engine == "random":
+            self.fail("warm_start", "random search starts from nothing; warm_start needs engine 'pso'")
         if self.dask_scheduler is not None and self.backend == "ray":
             self.fail("backend", "'ray' and a dask_scheduler address were both given; pick one")
 
@@ -719,16 +805,24 @@ class RunSettings:
     def with_budget(
         self,
         *,
-        flops: float | None = None,
-        params: float | None = None,
-        latency: float | None = None,
-        latency_ms: float | None = None,
+        flops: float | list | None = None,
+        params: float | list | None = None,
+        latency: float | list | None = None,
+        latency_ms: float | list | None = None,
     ) -> RunSettings:
-        """A budget given on the command line replaces the config's whole ``[budget]``."""
+        """A budget given on the command line replaces the config's whole ``[budget]`` (a list: several
+        budgets in one run)."""
         limits = {"flops": flops, "params": params, "latency": latency, "latency_ms": latency_ms}
         if all(value is None for value in limits.values()):
             return self
         return self.replace(budget=BudgetSettings(**limits))
+
+    def for_budget(self, label: str) -> RunSettings | None:
+        """The settings of one budget of a multi-budget run, by its label (``flops0.5``); None when the run
+        has no budget list or no such entry."""
+        if not self.budget.is_multiple:
+            return None
+        return next((self.replace(budget=b) for b in self.budget.each() if b.label == label), None)
 
     def to_document(self) -> dict:
         return {name: getattr(self, name).to_dict() for name in SECTIONS}

@@ -57,7 +57,7 @@ def test_integer_budgets_are_numbers_and_digits_spec_is_not_a_path(tmp_path):
         ('[model]\nname = "a"\n[space]\nround_to = true\n', ["[space].round_to must be an integer"]),
         (
             '[model]\nname = "a"\n[budget]\nflops = 1.5\n',
-            ["[budget].flops = 1.5 is not allowed (expected a number in (0, 1])"],
+            ["[budget].flops = 1.5 is not allowed (expected a number in (0, 1], or a list of them)"],
         ),
         ('[model]\nname = "a"\n[budget]\nflops = -0.5\n', ["[budget].flops = -0.5 is not allowed"]),
         ('[model]\nname = "a"\n[budget]\nflops = nan\n', ["[budget].flops = nan is not allowed"]),

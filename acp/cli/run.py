@@ -9,7 +9,13 @@ from acp.cli.search import add_budget_flags
 
 
 def register(commands) -> None:
-    run_parser = commands.add_parser("run", help="search, then finetune the winner (each stage resumable)")
+    run_parser = commands.add_parser(
+        "run",
+        help="search, then finetune the winner (each stage resumable)",
+        description="Search CONFIG into DIR, then finetune the winner into DIR/finetune. With several "
+        "budgets (--flops 0.7,0.5,0.3) every budget's winner is finetuned into DIR/<label>/finetune and "
+        "DIR/curve.png plots their finetuned accuracy against MACs with the base model's point.",
+    )
     run_parser.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
     run_parser.add_argument(
         "--out", help="new run directory (search in DIR, finetuned model in DIR/finetune)"
@@ -50,5 +56,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in result.search.summary_lines():
         print(line)
-    print_finetune_summary(result.finetune.metrics, result.finetune.out_dir)
+    for label, tuned in result.finetunes.items():
+        if label is not None:
+            print(f"== {label}: the winner finetuned")
+        print_finetune_summary(tuned.metrics, tuned.out_dir)
+    if result.curve is not None:
+        print(f"finetuned accuracy against MACs, every budget and the base model: {result.curve}")
     return 0

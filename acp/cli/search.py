@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 
 from acp.cli.argtypes import non_negative_int as _non_negative_int
-from acp.cli.argtypes import positive_float
+from acp.cli.argtypes import positive_floats, ratios
 from acp.cli.argtypes import positive_int as _positive_int
-from acp.cli.argtypes import ratio as _ratio
 from acp.errors import UserError
 
 
@@ -18,10 +17,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add ``search`` to an ``argparse`` subparsers object; returns the new parser."""
     parser = subparsers.add_parser(
         "search",
-        help="PSO search for the best architecture under a FLOPs/params budget",
+        help="PSO search for the best architecture under a FLOPs/params/latency budget (or several)",
         description="Search channel widths under a MACs (FLOPs) and/or params budget with a particle swarm "
         "seeded by feature-map clustering. Writes OUT/best_arch.json, history.sqlite, a checkpoint "
-        "(resume with --resume OUT), report.png and report.html (rewritten after every iteration).",
+        "(resume with --resume OUT), report.png and report.html (rewritten after every iteration). "
+        "Several budgets (--flops 0.7,0.5,0.3) share one set-up and one history: each budget's files go to "
+        "OUT/<label>/ (OUT/flops0.5/best_arch.json).",
     )
     parser.add_argument("config", nargs="?", help="search-space TOML (optional with --resume)")
     parser.add_argument("--out", help="new run directory")
@@ -56,16 +57,18 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def add_budget_flags(parser: argparse.ArgumentParser) -> None:
-    """--flops, --params, --latency, --latency-ms (acp search and acp run)."""
-    parser.add_argument("--flops", type=_ratio, help="keep at most this ratio of the base MACs")
-    parser.add_argument("--params", type=_ratio, help="keep at most this ratio of the base params")
+    """--flops, --params, --latency, --latency-ms (acp search and acp run); each takes one value or a
+    comma-separated list (several budgets searched in one run, sharing its set-up)."""
+    several = " (a list like 0.7,0.5,0.3: one search per budget in one run)"
+    parser.add_argument("--flops", type=ratios, help="keep at most this ratio of the base MACs" + several)
+    parser.add_argument("--params", type=ratios, help="keep at most this ratio of the base params" + several)
     parser.add_argument(
         "--latency",
-        type=_ratio,
+        type=ratios,
         help="keep at most this ratio of the base model's latency, measured on the config's [latency] "
-        "runtime (the table is built once, cached; see `acp latency`)",
+        "runtime (the table is built once, cached; see `acp latency`)" + several,
     )
-    parser.add_argument("--latency-ms", type=positive_float, help="at most this many milliseconds")
+    parser.add_argument("--latency-ms", type=positive_floats, help="at most this many milliseconds" + several)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,8 +103,14 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in result.summary_lines():
         print(line)
-    print(
-        f"best architecture: {result.run_dir / 'best_arch.json'}; "
-        f"report: {result.run_dir / 'report.html'} (and report.png)"
-    )
+    results = getattr(result, "results", None)  # a multi-budget run: one result per budget label
+    if results is None:
+        print(
+            f"best architecture: {result.run_dir / 'best_arch.json'}; "
+            f"report: {result.run_dir / 'report.html'} (and report.png)"
+        )
+        return 0
+    for each in results.values():
+        print(f"best architecture: {each.run_dir / 'best_arch.json'}")
+    print(f"report: {result.run_dir / 'report.html'}; the front: acp front {result.run_dir}")
     return 0

@@ -51,13 +51,17 @@ def initial_positions(
     proposal: np.ndarray | None,
     spread: float,
     random_particles: int,
+    warm: np.ndarray | None = None,
 ) -> np.ndarray:
     """The starting swarm, in keep ratios (before budget repair).
 
     Particle 0 is the clustering proposal (uniform ratios when there is none), particle 1 keeps every
     group at the same ratio (the uniform baseline), the last ``random_particles`` are uniformly random in
     the bounds (exploration), and the others spread around the proposal as in ACP: particle ``i`` moves
-    each group by ``s * spread * i / n`` with ``s`` drawn from {-1, 0, +1}.
+    each group by ``s * spread * i / n`` with ``s`` drawn from {-1, 0, +1}. ``warm`` (another search's
+    winner, e.g. the neighbouring budget's) takes particle 2's place (the first around the proposal, or a
+    random one when there are none); the random draws stay the same, so the other particles start exactly
+    where they would without it.
     """
     dimensions = len(lower)
     center = np.ones(dimensions) if proposal is None else np.asarray(proposal, dtype=np.float64)
@@ -70,13 +74,15 @@ def initial_positions(
         positions[index] = center + signs * spread * rank / max(1, len(around))
     for index in range(particles - random_particles, particles):
         positions[index] = rng.uniform(lower, upper)
+    if warm is not None and particles > 2:  # particle 2: the first around the proposal, else a random one
+        positions[2] = np.asarray(warm, dtype=np.float64)
     return np.clip(positions, lower, upper)
 
 
 class ParticleSwarm:
     """A swarm of keep-ratio vectors. ``ask()`` -> positions to evaluate; ``tell(positions, costs)``."""
 
-    def __init__(self, settings: SearchSettings, lower, upper, *, proposal=None):
+    def __init__(self, settings: SearchSettings, lower, upper, *, proposal=None, warm=None):
         self.settings = settings
         self.lower = np.asarray(lower, dtype=np.float64)
         self.upper = np.asarray(upper, dtype=np.float64)
@@ -96,6 +102,7 @@ class ParticleSwarm:
             proposal=proposal,
             spread=settings.init_spread,
             random_particles=settings.random_particles,
+            warm=warm,
         )
         clamp = settings.velocity_clamp
         velocity = self.rng.uniform(-clamp, clamp, size=position.shape)

@@ -45,6 +45,9 @@ COLUMNS = (
     ("seconds", "REAL"),
     ("status", "TEXT NOT NULL"),  # "ok" or "failed: <reason>"
     ("worker", "TEXT"),  # host:pid that evaluated it
+    # the budget's label (``flops0.5``) in a multi-budget run, whose searches share one history; NULL in a
+    # single-budget run. Histories written before it existed get the column when opened (rows: NULL).
+    ("budget", "TEXT"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
@@ -68,10 +71,15 @@ FINALIST_COLUMN_NAMES = tuple(name for name, _ in FINALIST_COLUMNS)
 
 
 class History:
-    """One row per evaluated candidate, in ``DIR/history.sqlite``."""
+    """One row per evaluated candidate, in ``DIR/history.sqlite``.
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False):
+    ``budget`` (a label) makes this a view of one search of a multi-budget run: rows added carry it, and
+    :meth:`rows`, :meth:`truncate` and ``len()`` see only its rows. None: every row (a single-budget run,
+    or a reader of the whole run)."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = False, budget: str | None = None):
         self.path = Path(path)
+        self.budget = budget
         if not create and not self.path.is_file():
             raise UserError(f"{self.path}: history database not found")
         try:
@@ -100,12 +108,22 @@ class History:
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict)
         found = [row[1] for row in self._db.execute("PRAGMA table_info(evaluations)")]
+        if found[1:] == list(COLUMN_NAMES[:-1]) and COLUMN_NAMES[-1] == "budget":
+            with self._db:  # a history from before multi-budget runs: its rows are one budget's (NULL)
+                self._db.execute("ALTER TABLE evaluations ADD COLUMN budget TEXT")
+            found.append("budget")
         if found[1:] != list(COLUMN_NAMES):
             raise sqlite3.DatabaseError("table 'evaluations' is missing or has other columns")
 
     def add(self, rows: Iterable[Mapping]) -> None:
         """Append rows in one transaction (all or nothing)."""
-        records = [tuple(_sql_value(row.get(name)) for name in COLUMN_NAMES) for row in rows]
+        records = [
+            tuple(
+                _sql_value(self.budget if name == "budget" and self.budget is not None else row.get(name))
+                for name in COLUMN_NAMES
+            )
+            for row in rows
+        ]
         placeholders = ", ".join("?" for _ in COLUMN_NAMES)
         with self._db:
             self._db.executemany(
@@ -114,12 +132,26 @@ class History:
 
     def truncate(self, iteration: int) -> int:
         """Delete rows of iterations >= ``iteration`` (not covered by the checkpoint); returns how many."""
+        query, arguments = "DELETE FROM evaluations WHERE iteration >= ?", (int(iteration),)
+        if self.budget is not None:
+            query, arguments = query + " AND budget = ?", (*arguments, self.budget)
         with self._db:
-            cursor = self._db.execute("DELETE FROM evaluations WHERE iteration >= ?", (int(iteration),))
+            cursor = self._db.execute(query, arguments)
         return cursor.rowcount
 
+    def _where(self) -> tuple[str, tuple]:
+        return ("", ()) if self.budget is None else (" WHERE budget = ?", (self.budget,))
+
+    def budgets(self) -> list[str | None]:
+        """The budget labels of the rows, in the order they first appear (None: a single-budget run's)."""
+        cursor = self._db.execute("SELECT budget FROM evaluations GROUP BY budget ORDER BY MIN(id)")
+        return [value for (value,) in cursor]
+
     def rows(self) -> list[dict]:
-        cursor = self._db.execute(f"SELECT {', '.join(COLUMN_NAMES)} FROM evaluations ORDER BY id")
+        where, arguments = self._where()
+        cursor = self._db.execute(
+            f"SELECT {', '.join(COLUMN_NAMES)} FROM evaluations{where} ORDER BY id", arguments
+        )
         out = []
         for values in cursor:
             row = dict(zip(COLUMN_NAMES, values))
@@ -152,7 +184,8 @@ class History:
         return out
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
+        where, arguments = self._where()
+        return int(self._db.execute(f"SELECT COUNT(*) FROM evaluations{where}", arguments).fetchone()[0])
 
     def close(self) -> None:
         self._db.close()

@@ -10,6 +10,11 @@ the evaluator on them (:mod:`acp.search.backends`), and the store records everyt
 study's state (as checkpointed) and ``"running"``, and once more when ``run()`` ends (``"finished"``) or is
 interrupted (``"interrupted"``). It sees only what is already on disk, so whatever it does (the workflow
 writes ``report.html``) cannot change the search; an exception it raises is logged as a warning.
+
+One search of a multi-budget run (:func:`acp.workflows.search.search`) is a Study whose ``run_dir`` is its
+budget's folder and whose ``history`` is the run's shared ``history.sqlite``, seen through its ``budget``
+label (:class:`acp.search.store.History`); it may be given the run's ``backend`` so the workers are
+started once.
 """
 
 from __future__ import annotations
@@ -138,8 +143,19 @@ class Study:
         finalist_evaluator=None,
         finalists: int = 0,
         on_iteration: Callable[[dict, str], None] | None = None,
+        history: str | Path | None = None,
+        budget_label: str | None = None,
+        resume_dir: str | Path | None = None,
+        warm_widths=None,
     ):
         self.space = space
+        # the evaluation history (default run_dir/history.sqlite) and the budget label its rows carry when
+        # several searches share it; resume_dir is what `acp search --resume` is given (default run_dir)
+        self.history_path = Path(run_dir) / store.HISTORY_FILE if history is None else Path(history)
+        self.budget_label = budget_label
+        self.resume_dir = Path(run_dir) if resume_dir is None else Path(resume_dir)
+        # another search's winner to start particle 2 from (settings.warm_start in a multi-budget run)
+        self.warm_widths = None if warm_widths is None else np.asarray(warm_widths, dtype=np.int64)
         self.on_iteration = on_iteration
         self._checkpointed: dict | None = None
         self.finalist_evaluator = finalist_evaluator
@@ -164,31 +180,34 @@ class Study:
                 for group in space.groups
             ],
             "proposal": None if self.proposal_widths is None else self.proposal_widths.tolist(),
+            **({} if self.warm_widths is None else {"warm_start": self.warm_widths.tolist()}),
             "evaluator": getattr(evaluator, "token", None),
             **(fingerprint or {}),
         }
 
     # --- public ------------------------------------------------------------------------------------
 
-    def run(self, *, resume: bool = False) -> SearchResult:
+    def run(self, *, resume: bool = False, backend=None) -> SearchResult:
         """Run until a stopping rule fires; Ctrl-C stops after the last checkpoint (KeyboardInterrupt
-        propagates, the directory stays resumable)."""
+        propagates, the directory stays resumable). ``backend`` (the caller's, left open): evaluate on it
+        instead of starting workers of its own."""
         history = self._open(resume)
         if resume:
             log.info("%s", self._resume_message())
-        backend = None
+        shared, backend = backend, None
         try:
             # a run stopped by its iteration or time limit continues when resumed with a longer one
             if self.state["stopped"] != "patience" and self._stop_reason() is None:
                 self.state["stopped"] = None
-                backend = make_backend(
-                    self.evaluator,
-                    workers=self.settings.workers,
-                    backend=self.settings.backend,
-                    dask_scheduler=self.settings.dask_scheduler,
-                    scheduler_timeout=self.settings.scheduler_timeout,
-                )
-                self._loop(history, backend)
+                if shared is None:
+                    backend = make_backend(
+                        self.evaluator,
+                        workers=self.settings.workers,
+                        backend=self.settings.backend,
+                        dask_scheduler=self.settings.dask_scheduler,
+                        scheduler_timeout=self.settings.scheduler_timeout,
+                    )
+                self._loop(history, shared or backend)
             if backend is not None:
                 backend.close()
                 backend = None
@@ -197,7 +216,7 @@ class Study:
             result = self._result(history)
         except KeyboardInterrupt:
             log.warning(
-                "interrupted: %s is resumable with `acp search --resume %s`", self.run_dir, self.run_dir
+                "interrupted: %s is resumable with `acp search --resume %s`", self.resume_dir, self.resume_dir
             )
             self._notify("interrupted")
             raise
@@ -212,11 +231,14 @@ class Study:
     # --- setup -------------------------------------------------------------------------------------
 
     def _open(self, resume: bool) -> store.History:
-        history_path = self.run_dir / store.HISTORY_FILE
+        history_path = self.history_path
         lower, upper = self.encoding.bounds
         proposal = None if self.proposal_widths is None else self.encoding.encode(self.proposal_widths)
-        engine = {"pso": ParticleSwarm, "random": RandomSearch}[self.settings.engine]
-        self.swarm = engine(self.settings, lower, upper, proposal=proposal)
+        if self.settings.engine == "random":
+            self.swarm = RandomSearch(self.settings, lower, upper, proposal=proposal)
+        else:
+            warm = None if self.warm_widths is None else self.encoding.encode(self.warm_widths)
+            self.swarm = ParticleSwarm(self.settings, lower, upper, proposal=proposal, warm=warm)
         if not resume:
             existing = [name for name in RUN_STATE_FILES if (self.run_dir / name).exists()]
             if existing or (self.run_dir.exists() and not self.run_dir.is_dir()):
@@ -226,7 +248,10 @@ class Study:
                     f"pick a new directory or pass --resume {self.run_dir}"
                 )
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            history = store.History(history_path, create=True)
+            history = store.History(history_path, create=True, budget=self.budget_label)
+            if self.budget_label is not None and len(history):  # shared history: no rows of ours yet
+                history.close()
+                raise UserError(f"{history_path} already holds rows of budget {self.budget_label}")
             self.state = {
                 "iteration": 0,
                 "evaluations": 0,
@@ -244,9 +269,9 @@ class Study:
             self._checkpoint()
             return history
         if not self.run_dir.is_dir():
-            raise UserError(f"--resume {self.run_dir}: no such run directory")
+            raise UserError(f"--resume {self.resume_dir}: no such run directory")
         checkpoint = store.read_checkpoint(self.run_dir)
-        history = store.History(history_path)
+        history = store.History(history_path, budget=self.budget_label)
         try:
             self._check_fingerprint(checkpoint["fingerprint"])
             self.swarm.load_state_dict(checkpoint["swarm"])
@@ -277,7 +302,7 @@ class Study:
             if stored.get(key) != current.get(key):
                 detail = _first_difference(stored.get(key), current.get(key), key)
                 raise UserError(
-                    f"--resume {self.run_dir}: the run was made with a different configuration "
+                    f"--resume {self.resume_dir}: the run was made with a different configuration "
                     f"({detail}); resume with the run's own config.toml or start a new run"
                 )
 
@@ -556,7 +581,7 @@ class Study:
         try:
             from acp.search.report import search_report
 
-            history = store.History(self.run_dir / store.HISTORY_FILE)
+            history = store.History(self.history_path, budget=self.budget_label)
             try:
                 rows = history.rows()
             finally:

@@ -5,6 +5,10 @@
 curve), trained with the run's ``[finetune]`` settings on the run's split. ``run_pipeline(resume=DIR)``
 continues whichever stage was interrupted: a finished search is not repeated, an interrupted finetune
 continues from its last epoch.
+
+With several budgets (``--flops 0.7,0.5,0.3``) the search is one multi-budget run and each budget's winner
+is finetuned into ``DIR/<label>/finetune/``, in the budgets' order; ``DIR/curve.png`` then plots the
+finetuned accuracy of every winner against its MACs (and params), with the unpruned base model's point.
 """
 
 from __future__ import annotations
@@ -22,8 +26,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class PipelineResult:
     run_dir: Path
-    search: object  # acp.search.study.SearchResult
-    finetune: object  # acp.train.finetune.FinetuneResult
+    search: object  # acp.search.study.SearchResult, or acp.workflows.search.MultiBudgetResult
+    finetunes: dict  # {budget label (None for a single budget): acp.train.finetune.FinetuneResult}
+    curve: Path | None = None  # DIR/curve.png of a multi-budget run
+
+    @property
+    def finetune(self):
+        """The finetuned winner of a single-budget run."""
+        if list(self.finetunes) != [None]:
+            raise ValueError("a multi-budget run has one finetuned winner per budget: use .finetunes")
+        return self.finetunes[None]
 
 
 def run_pipeline(
@@ -62,16 +74,33 @@ def run_pipeline(
             raise UserError("acp run: a CONFIG and --out DIR are required (or --resume DIR)")
         run_dir = Path(out)
         search_result = search(config, out=run_dir, **options)
-    if search_result.stopped == "interrupted" or search_result.best is None:
-        raise UserError(f"{run_dir}: the search found no usable architecture (all evaluations failed)")
+    if search_result.stopped == "interrupted":
+        raise UserError(f"{run_dir}: the search was interrupted; continue it with acp run --resume {run_dir}")
+    results = getattr(search_result, "results", {None: search_result})
+    for label, result in results.items():
+        if result.best is None:
+            which = "" if label is None else f" under budget {label}"
+            raise UserError(
+                f"{run_dir}: the search{which} found no usable architecture (all evaluations failed)"
+            )
 
-    finetune_dir = run_dir / rundir.FINETUNE_DIR
-    tuned = finetune(
-        run_dir / rundir.BEST_ARCH_FILE,
-        out_dir=finetune_dir,
-        distill=distill,
-        resume=(finetune_dir / CHECKPOINT_NAME).is_file(),
-        progress=progress,
-        epochs=epochs,
-    )
-    return PipelineResult(run_dir, search_result, tuned)
+    tuned = {}
+    for label in results:
+        folder = rundir.budget_dir(run_dir, label)
+        finetune_dir = folder / rundir.FINETUNE_DIR
+        if label is not None:
+            log.info("finetuning the winner of %s into %s", label, finetune_dir)
+        tuned[label] = finetune(
+            folder / rundir.BEST_ARCH_FILE,
+            out_dir=finetune_dir,
+            distill=distill,
+            resume=(finetune_dir / CHECKPOINT_NAME).is_file(),
+            progress=progress,
+            epochs=epochs,
+        )
+    curve = None
+    if list(tuned) != [None]:
+        from acp.workflows.front import finetuned_points, plot_finetuned_curve
+
+        curve = plot_finetuned_curve(finetuned_points(run_dir), run_dir / rundir.CURVE_FILE)
+    return PipelineResult(run_dir, search_result, tuned, curve)

@@ -74,6 +74,13 @@ def search(
 
     Returns a :class:`~acp.search.study.SearchResult` (best widths and score, the clustering proposal's
     and the uniform baseline's records, ``architecture`` = the saved ``best_arch.json``).
+
+    Several budgets (a list, e.g. ``flops=[0.7, 0.5, 0.3]``, or lists in the config's ``[budget]``) make
+    one multi-budget run: the model, proxy data, feature statistics, rankings and evaluator are set up
+    once, the budgets are searched one after another on the same workers (each exactly as a single-budget
+    run with the same settings would), into ``out/<label>/`` (``out/flops0.5/best_arch.json``) with one
+    shared ``history.sqlite``; a time limit is shared equally between them. Returns a
+    :class:`MultiBudgetResult`.
     """
     choices = {"particles": particles, "engine": engine, "seed": seed, "patience": patience}
     budget_flags = {"flops": flops, "params": params, "latency": latency, "latency_ms": latency_ms}
@@ -116,7 +123,7 @@ def _with_overrides(settings: RunSettings, budget_flags: Mapping, choices: Mappi
     return settings.replace(search=settings.search.replace(**choices))
 
 
-def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) -> SearchResult:
+def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool):
     from acp.proxy.evaluator import fit_to_training_split
     from acp.workflows.latency import search_latency_model, write_search_latency
     from acp.workflows.problem import load_problem
@@ -125,15 +132,20 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
     problem = load_problem(settings, require_weights=True)
     space = problem.space
     latency_model = search_latency_model(problem, run_dir, resume=resume, progress=progress)
-    budget = Budget(space, **settings.budget.to_dict(), latency_model=latency_model)
+    folders = rundir.budget_dirs(run_dir, settings)  # {label (None: a single budget): folder}
+    budgets = {
+        label: Budget(space, **each.to_dict(), latency_model=latency_model)
+        for label, each in zip(folders, settings.budget.each())
+    }
     data, splits = problem.data()
     task = _task_parts(problem.task)
     proxy_settings = fit_to_training_split(settings.proxy, len(splits.train))
     proxy_data = task.proxy_data(data, splits.train, proxy_settings, seed=settings.data.seed)
     if resume:
-        proposal_widths, criterion = rundir.read_proposal(run_dir, space)
+        proposals = {label: rundir.read_proposal(run_dir, space, label)[0] for label in budgets}
+        criterion = rundir.read_rankings(run_dir, space)
     else:
-        proposal_widths, criterion = _propose(problem, budget, proxy_data)
+        proposals, criterion = _propose(problem, budgets, proxy_data)
     evaluator = task.evaluator(
         problem.model, space, criterion, proxy_data, proxy_settings, identity=problem.identity
     )
@@ -149,51 +161,164 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool) 
         finalist_evaluator = task.evaluator(
             problem.model, space, criterion, finalist_data, finalist_settings, identity=problem.identity
         )
+    multiple = settings.budget.is_multiple
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_run_settings(run_dir, settings.with_budget(**budget.as_dict()))
-        rundir.write_proposal(run_dir, proposal_widths, space, criterion)
+        resolved = settings if multiple else settings.with_budget(**budgets[None].as_dict())
+        rundir.write_run_settings(run_dir, resolved)
+        rundir.write_proposal(run_dir, proposals if multiple else proposals[None], space, criterion)
         write_search_latency(run_dir, latency_model)
     from acp.workflows.report import LiveReport
 
-    live_report = LiveReport(run_dir, space=space, budget=budget, search_settings=settings.search)
+    live_report = LiveReport(
+        run_dir,
+        space=space,
+        budget=None if multiple else budgets[None],
+        budgets=budgets if multiple else None,
+        search_settings=settings.search,
+    )
     architecture = evaluator.architecture
     if problem.task == "classification":  # a detector normalizes its own inputs (its transform)
         architecture = _with_preprocessing(architecture, Preprocessing.of_data(data))
-    study = Study(
-        space,
-        evaluator,
-        budget,
-        settings.search,
-        run_dir,
-        proposal_widths=proposal_widths,
-        architecture=architecture,
-        progress=progress,
-        fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
-        finalist_evaluator=finalist_evaluator,
-        finalists=settings.rerank.finalists,
-        on_iteration=live_report,
-    )
-    try:
-        result = study.run(resume=resume)
-    except UserError:
-        if not resume:
-            _remove_if_nothing_evaluated(run_dir)
-        raise
-    if latency_model is not None and settings.latency.verify_winner and result.stopped != "interrupted":
-        from acp.workflows.latency import measured_winner
-
-        result = measured_winner(
-            problem,
-            budget,
-            result,
-            run_dir,
-            architecture=architecture,
-            evaluators=(evaluator, finalist_evaluator),
+    search_settings = settings.search
+    if multiple and search_settings.time_limit_seconds is not None:  # the run's time, shared equally
+        search_settings = search_settings.replace(
+            time_limit=search_settings.time_limit_seconds / len(budgets)
         )
-        if result.latency_check is not None:  # best_arch.json was measured (and maybe shrunk): show it
-            live_report(None, "finished", notes=result.latency_check.lines())
-    return result
+    backend = _SharedBackend(evaluator, search_settings) if multiple else None
+    results, warm = {}, None
+    try:
+        for label, budget in budgets.items():
+            folder = folders[label]
+            study = Study(
+                space,
+                evaluator,
+                budget,
+                search_settings,
+                folder,
+                proposal_widths=proposals[label],
+                architecture=architecture,
+                progress=progress,
+                fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
+                finalist_evaluator=finalist_evaluator,
+                finalists=settings.rerank.finalists,
+                on_iteration=live_report if not multiple else _whole_run(live_report),
+                history=run_dir / rundir.HISTORY_FILE,
+                budget_label=label,
+                resume_dir=run_dir,
+                warm_widths=warm if search_settings.warm_start else None,
+            )
+            if multiple:
+                log.info("budget %s (%s): %s", label, budget.describe(), folder)
+            try:
+                result = study.run(resume=_has_checkpoint(folder) if multiple else resume, backend=backend)
+            except UserError:
+                if not resume:
+                    _remove_if_nothing_evaluated(run_dir)
+                raise
+            if (
+                latency_model is not None
+                and settings.latency.verify_winner
+                and result.stopped != "interrupted"
+            ):
+                from acp.workflows.latency import measured_winner
+
+                result = measured_winner(
+                    problem,
+                    budget,
+                    result,
+                    folder,
+                    architecture=architecture,
+                    evaluators=(evaluator, finalist_evaluator),
+                )
+                if (
+                    result.latency_check is not None
+                ):  # best_arch.json was measured (and maybe shrunk): show it
+                    status = "running" if multiple and label != list(budgets)[-1] else "finished"
+                    live_report(None, status, notes=result.latency_check.lines())
+            results[label] = result
+            warm = None if result.best is None else result.best["widths"]
+    finally:
+        if backend is not None:
+            backend.close()
+    if not multiple:
+        return results[None]
+    live_report(None, "finished")
+    return MultiBudgetResult(run_dir, results)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    """Whether a budget's search of a multi-budget run has started (a resume continues it)."""
+    names = (rundir.CHECKPOINT_FILE, rundir.PREVIOUS_CHECKPOINT_FILE)
+    return any((folder / name).is_file() for name in names)
+
+
+@dataclass
+class MultiBudgetResult:
+    """What a multi-budget search found: one :class:`SearchResult` per budget label, in the config's order
+    (each budget's files in ``run_dir/<label>/``)."""
+
+    run_dir: Path
+    results: dict[str, SearchResult]
+
+    @property
+    def stopped(self) -> str:
+        """``"interrupted"`` when any budget's search was, else the last one's stop reason."""
+        reasons = [result.stopped for result in self.results.values()]
+        return "interrupted" if "interrupted" in reasons else reasons[-1]
+
+    @property
+    def evaluations(self) -> int:
+        return sum(result.evaluations for result in self.results.values())
+
+    @property
+    def seconds(self) -> float:
+        return sum(result.seconds for result in self.results.values())
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for label, result in self.results.items():
+            lines.append(f"== {label}: {rundir.budget_dir(self.run_dir, label)}")
+            lines.extend(result.summary_lines())
+        lines.append(
+            f"{len(self.results)} budgets, {self.evaluations} evaluations in {self.seconds:.0f} s of search"
+        )
+        return lines
+
+
+class _SharedBackend:
+    """The workers of a multi-budget run: started on the first evaluation, used by every budget's search
+    in turn, closed once at the end (a resumed run whose searches are all finished starts none)."""
+
+    def __init__(self, evaluator, settings):
+        self.evaluator, self.settings, self.backend = evaluator, settings, None
+
+    def map(self, widths_list) -> list[dict]:
+        if self.backend is None:
+            from acp.search.backends import make_backend
+
+            self.backend = make_backend(
+                self.evaluator,
+                workers=self.settings.workers,
+                backend=self.settings.backend,
+                dask_scheduler=self.settings.dask_scheduler,
+                scheduler_timeout=self.settings.scheduler_timeout,
+            )
+        return self.backend.map(widths_list)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+def _whole_run(live_report):
+    """A budget's on_iteration hook in a multi-budget run: the page shows every budget, read from disk."""
+
+    def on_iteration(state, status):
+        live_report(None, "running" if status == "finished" else status)
+
+    return on_iteration
 
 
 @dataclass(frozen=True)
@@ -262,7 +387,9 @@ def _remove_if_nothing_evaluated(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _propose(problem, budget: Budget, proxy_data):
+def _propose(problem, budgets: Mapping, proxy_data):
+    """The clustering proposal of each budget (``{label: widths}``) from one set of feature statistics,
+    and the channel criterion's frozen rankings."""
     from acp.propose.clustering import propose_widths
     from acp.propose.criteria import RankedCriterion, make_criterion
     from acp.propose.features import collect_statistics
@@ -283,19 +410,23 @@ def _propose(problem, budget: Budget, proxy_data):
         statistics = collect_statistics(
             problem.model, problem.space, proxy_data.calibration_images, labels=proxy_data.calibration_labels
         )
-    proposal = propose_widths(
-        statistics,
-        problem.space,
-        flops=budget.flops,
-        params=budget.params,
-        budget_check=budget if budget.max_ms is not None else None,
-    )
-    log.info(
-        "clustering proposal: MACs %.1f%%, params %.1f%% of the base model",
-        100 * proposal.macs_ratio,
-        100 * proposal.params_ratio,
-    )
+    proposals = {}
+    for label, budget in budgets.items():
+        proposal = propose_widths(
+            statistics,
+            problem.space,
+            flops=budget.flops,
+            params=budget.params,
+            budget_check=budget if budget.max_ms is not None else None,
+        )
+        log.info(
+            "clustering proposal%s: MACs %.1f%%, params %.1f%% of the base model",
+            "" if label is None else f" ({label})",
+            100 * proposal.macs_ratio,
+            100 * proposal.params_ratio,
+        )
+        proposals[label] = np.asarray(proposal.widths, dtype=np.int64)
     criterion = make_criterion(
         search.criterion, problem.space, model=problem.model, statistics=statistics, seed=search.seed
     )
-    return np.asarray(proposal.widths, dtype=np.int64), RankedCriterion.freeze(criterion)
+    return proposals, RankedCriterion.freeze(criterion)
