@@ -12,7 +12,8 @@ def register(commands) -> None:
         description="Print the Pareto-optimal architectures of the search run RUN (no other evaluated "
         "architecture is at most as costly in MACs, params and predicted latency and scores at least as "
         "well), plot proxy score against each cost into RUN/front.png (or --plot FILE), and with --export "
-        "DIR write each of them as an architecture file for acp finetune.",
+        "DIR write each of them as an architecture file for acp finetune. A multi-budget run's front is over "
+        "all its budgets; where acp run finetuned a winner, its accuracy is printed and plotted too.",
     )
     parser.add_argument("run", metavar="RUN", help="a search run directory (acp search --out RUN)")
     parser.add_argument("--export", metavar="DIR", help="new directory for the front's architecture files")
@@ -30,21 +31,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(front.optimal)} Pareto-optimal of {len(front.points)} distinct architectures "
         f"({front.budget_label}; ratios of the base model):"
     )
-    for line in front.table_lines():
+    for line in front.table_lines() + front.winner_lines() + front.finetuned_lines():
         print(line)
-    winner_path = Path(args.run) / "best_arch.json"
-    if winner_path.is_file():
-        from acp.core.architecture import Architecture
-
-        winner = front.point_of([group.width for group in Architecture.load(winner_path).groups])
-        if winner is not None:
-            where = "on the front"
-            if not winner.on_front:
-                where = "not on the front (chosen by the re-ranking or the measured-latency check)"
-            print(
-                f"winner (best_arch.json): MACs {winner.macs / front.base_macs:.1%}, params "
-                f"{winner.params / front.base_params:.1%}, proxy score {winner.score:.4f}, {where}"
-            )
     print(f"plot: {plot_front(front, args.plot or Path(args.run) / FRONT_PLOT_FILE)}")
     if args.export:
         paths = export_front(front, args.export)

@@ -13,7 +13,8 @@ def register(commands) -> None:
         "left, the best proxy score against evaluations and wall time, every evaluation on the cost/score "
         "plane with the Pareto front, the winner's widths per group, a sortable table of the top "
         "candidates, the failed evaluations, the configuration and versions. A running search rewrites "
-        "it after every iteration; the page needs no network to view.",
+        "it after every iteration; the page needs no network to view. A multi-budget run's page shows "
+        "every budget (finished, running or waiting), each one's winner, and the front over all of them.",
     )
     parser.add_argument("run", metavar="RUN", help="a search run directory (acp search --out RUN)")
     parser.add_argument("--out", metavar="FILE", help="write the page to FILE instead of RUN/report.html")

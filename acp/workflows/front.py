@@ -9,9 +9,17 @@ or under its budget (every candidate was repaired onto it), so its front spans p
 nearly one MACs ratio; the history's ``budget`` column, once several budgets share a run, spreads it
 over MACs too.
 
+A multi-budget run's front is over every budget's evaluations (each point keeps its budget's label), and
+each budget has its own winner (``RUN/<label>/best_arch.json``).
+
 ``--export DIR`` writes each Pareto-optimal architecture as a validated architecture file (the run's
 frozen channel rankings choose the kept channels, exactly as the search materialized the candidate), so
 ``acp finetune DIR/front_01_....json`` retrains any point of the front.
+
+Where ``acp run`` has finetuned a winner (``RUN/finetune/metrics.json``, ``RUN/<label>/finetune/`` of a
+multi-budget run), :func:`finetuned_points` reads its accuracy (or a detector's mAP@0.5) at its costs and
+the base model's; the printout and the plot show them, and :func:`plot_finetuned_curve` draws them alone
+(``RUN/curve.png``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,12 @@ from acp.errors import UserError
 from acp.workflows import rundir
 
 FRONT_PLOT_FILE = "front.png"
+# the finetune's metrics.json keys of the score after finetuning and of the base model's, and what they are
+FINETUNED_SCORES = (
+    ("val_accuracy_after", "base_val_accuracy", "val accuracy"),
+    ("map50_after", "base_map50", "val mAP@0.5"),
+)
+BUDGET_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,28 @@ def pareto_optimal(costs: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class FinetunedPoint:
+    """A winner of a run as ``acp run`` finetuned it (its ``finetune/metrics.json``): the score on the
+    validation split after finetuning (accuracy, or mAP@0.5 for a detector) at its costs, with the base
+    model's score (None when the file has none)."""
+
+    budget: str | None  # the budget's label in a multi-budget run; None in a single-budget run
+    metric: str  # "val accuracy" | "val mAP@0.5"
+    score: float
+    macs: int
+    params: int
+    macs_ratio: float
+    params_ratio: float
+    base_score: float | None
+    path: Path  # the metrics.json
+
+    def score_text(self, score: float | None = None) -> str:
+        """``score`` (default: the point's) as the finetune summary words it: 91.20% or mAP 45.20."""
+        score = self.score if score is None else score
+        return f"{score:.2%}" if self.metric == "val accuracy" else f"{100 * score:.2f}"
+
+
+@dataclass(frozen=True)
 class RunFront:
     run_dir: Path
     points: list[FrontPoint]
@@ -117,6 +153,12 @@ class RunFront:
     base_params: int
     base_ms: float | None
     budget_label: str
+    labels: tuple[str, ...] = ()  # the budgets of a multi-budget run, in the config's order; () for one
+    finetuned: tuple[FinetunedPoint, ...] = ()
+
+    @property
+    def multiple(self) -> bool:
+        return bool(self.labels)
 
     def point_of(self, widths) -> FrontPoint | None:
         """The point with these widths (e.g. the run's winner), or None when the run never scored them."""
@@ -128,45 +170,150 @@ class RunFront:
         return [point for point in self.points if point.on_front]
 
     def table_lines(self) -> list[str]:
-        """The Pareto-optimal architectures, one line each (the ``acp front`` printout)."""
+        """The Pareto-optimal architectures, one line each (the ``acp front`` printout); a multi-budget run's
+        have a ``budget`` column."""
         latency = self.base_ms is not None
+        width = max((len(label) for label in self.labels), default=0)
         head = (
-            "  #  MACs     params   "
+            "  #  "
+            + (f"{'budget':<{width}}  " if self.multiple else "")
+            + "MACs     params   "
             + ("latency   " if latency else "")
             + "proxy score  finalist   iter/part"
         )
         lines = [head]
         for number, point in enumerate(self.optimal, 1):
+            budget = f"{point.budget:<{width}}  " if self.multiple else ""
             ms = f"{point.latency_ms / self.base_ms:8.1%}  " if latency and point.latency_ms else ""
             finalist = "-" if point.finalist_score is None else f"{point.finalist_score:.4f}"
             lines.append(
-                f"{number:3d}  {point.macs / self.base_macs:7.1%}  {point.params / self.base_params:7.1%}  "
+                f"{number:3d}  {budget}{point.macs / self.base_macs:7.1%}  "
+                f"{point.params / self.base_params:7.1%}  "
                 f"{ms}{point.score:11.4f}  {finalist:>9}  {point.iteration + 1}/{point.particle}"
             )
         return lines
 
+    def winner_lines(self) -> list[str]:
+        """Where each budget's winner (``best_arch.json``) sits: its costs, proxy score and whether it is on
+        the front; one line per budget (a single-budget run: one, or none before it has a winner)."""
+        from acp.core.architecture import Architecture
+
+        lines = []
+        for label in self.labels or (None,):
+            path = rundir.budget_dir(self.run_dir, label) / rundir.BEST_ARCH_FILE
+            shown = path.relative_to(self.run_dir).as_posix()
+            if not path.is_file():
+                if label is not None:
+                    lines.append(f"winner ({shown}): none yet (not searched)")
+                continue
+            winner = self.point_of([group.width for group in Architecture.load(path).groups])
+            if winner is None:
+                continue
+            where = "on the front"
+            if not winner.on_front:
+                where = "not on the front (chosen by the re-ranking or the measured-latency check)"
+            lines.append(
+                f"winner ({shown}): MACs {winner.macs / self.base_macs:.1%}, params "
+                f"{winner.params / self.base_params:.1%}, proxy score {winner.score:.4f}, {where}"
+            )
+        return lines
+
+    def finetuned_lines(self) -> list[str]:
+        """Each finetuned winner's score at its costs, then the base model's (none before ``acp run``)."""
+        lines = [
+            f"finetuned ({point.path.relative_to(self.run_dir).as_posix()}): {point.metric} "
+            f"{point.score_text()} at MACs {point.macs_ratio:.1%}, params {point.params_ratio:.1%}"
+            for point in self.finetuned
+        ]
+        base = next((point for point in self.finetuned if point.base_score is not None), None)
+        if base is not None:
+            lines.append(
+                f"base model: {base.metric} {base.score_text(base.base_score)} at MACs 100%, params 100%"
+            )
+        return lines
+
+
+def finetuned_points(run_dir: str | Path) -> list[FinetunedPoint]:
+    """The finetuned winners of the run in ``run_dir``: ``RUN/finetune/metrics.json`` of a single-budget
+    run, ``RUN/<label>/finetune/metrics.json`` of each budget of a multi-budget one (in the config's
+    order). A budget not finetuned yet, or whose finetuning has not finished (no score after it), is left
+    out. UserError naming the file when one is unreadable or lacks a field."""
+    import json
+
+    from acp.train.loop import METRICS_NAME
+    from acp.workflows.report import budget_labels
+
+    run_dir = Path(run_dir)
+    points = []
+    for label in budget_labels(run_dir) or (None,):
+        path = rundir.budget_dir(run_dir, label) / rundir.FINETUNE_DIR / METRICS_NAME
+        if not path.is_file():
+            continue
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(metrics, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path}: unreadable ({error})") from None
+        found = next(((a, b, what) for a, b, what in FINETUNED_SCORES if a in metrics), None)
+        if found is None:
+            continue  # still finetuning: the training loop writes metrics.json every epoch
+        after, base, metric = found
+        try:
+            point = FinetunedPoint(
+                budget=label,
+                metric=metric,
+                score=float(metrics[after]),
+                macs=int(metrics["macs"]),
+                params=int(metrics["params"]),
+                macs_ratio=float(metrics["macs_ratio"]),
+                params_ratio=float(metrics["params_ratio"]),
+                base_score=None if metrics.get(base) is None else float(metrics[base]),
+                path=path,
+            )
+        except KeyError as error:
+            raise UserError(f"{path}: no {error.args[0]!r} field (not a finetune's metrics.json)") from None
+        except (TypeError, ValueError) as error:
+            raise UserError(f"{path}: a cost or score is not a number ({error})") from None
+        points.append(point)
+    return points
+
 
 def read_front(run_dir: str | Path) -> RunFront:
-    """The front of the search run in ``run_dir`` (UserError naming the missing file when it is not one)."""
-    from acp.workflows.report import read_run, require_run_directory, run_space_and_budget
+    """The front of the search run in ``run_dir`` (UserError naming the missing file when it is not one),
+    over every budget's evaluations in a multi-budget run, with the finetuned winners where known."""
+    from acp.workflows.report import budget_options, read_run, require_run_directory, run_space_and_budgets
 
     run_dir = Path(run_dir)
     require_run_directory(run_dir)
-    space = budget = None
+    options = {}
     if (run_dir / rundir.LATENCY_FILE).is_file():  # predicted latencies need the space and the table
-        space, budget = run_space_and_budget(run_dir)
-    view = read_run(run_dir, budget=budget, space=space)
+        space, budgets = run_space_and_budgets(run_dir)
+        options = {"space": space, **budget_options(budgets)}
+    view = read_run(run_dir, **options)
     if view.base_macs is None or view.base_params is None:
-        raise UserError(f"{run_dir}: no {rundir.BEST_ARCH_FILE} there yet to read the base costs from")
+        where = "in any budget folder " if view.multiple else "there "
+        raise UserError(f"{run_dir}: no {rundir.BEST_ARCH_FILE} {where}yet to read the base costs from")
     latencies = [row.get("latency_ms") for row in view.rows]
     points = front_points(view.rows, view.finalists, latency_ms=latencies)
     if not points:
         raise UserError(f"{run_dir}: no successful evaluation in {rundir.HISTORY_FILE} yet")
-    return RunFront(run_dir, points, view.base_macs, view.base_params, view.base_ms, view.budget_label)
+    return RunFront(
+        run_dir,
+        points,
+        view.base_macs,
+        view.base_params,
+        view.base_ms,
+        view.budget_label,
+        labels=tuple(part.label for part in view.budgets) if view.multiple else (),
+        finetuned=tuple(finetuned_points(run_dir)),
+    )
 
 
 def plot_front(front: RunFront, path: str | Path) -> Path:
-    """Score against MACs and against params (and predicted latency), the front marked; written atomically."""
+    """Score against MACs and against params (and predicted latency), the front marked, points coloured by
+    budget in a multi-budget run; a last panel of the finetuned winners against MACs (with the base model)
+    when ``acp run`` finetuned any. Written atomically."""
     from matplotlib.figure import Figure
 
     from acp.fileio import atomic_write
@@ -175,30 +322,104 @@ def plot_front(front: RunFront, path: str | Path) -> Path:
     axes_costs.append(("params", [p.params / front.base_params for p in front.points]))
     if front.base_ms is not None and all(p.latency_ms is not None for p in front.points):
         axes_costs.append(("predicted latency", [p.latency_ms / front.base_ms for p in front.points]))
-    figure = Figure(figsize=(4.2 * len(axes_costs), 3.6), dpi=100)
-    axes_row = figure.subplots(1, len(axes_costs), sharey=True, squeeze=False)[0]
+    panels = len(axes_costs) + bool(front.finetuned)
+    figure = Figure(figsize=(4.2 * panels, 3.6), dpi=100)
+    axes_row = figure.subplots(1, panels, squeeze=False)[0]
     scores = np.array([p.score for p in front.points])
     optimal = np.array([p.on_front for p in front.points])
-    for axes, (name, costs) in zip(axes_row, axes_costs):
+    colours = budget_colours(front.labels)
+    for number, (axes, (name, costs)) in enumerate(zip(axes_row, axes_costs)):
         costs = np.asarray(costs)
-        axes.scatter(costs[~optimal], scores[~optimal], s=10, color="tab:gray", alpha=0.5, label="evaluated")
-        axes.scatter(costs[optimal], scores[optimal], s=22, color="tab:red", label="Pareto-optimal")
+        if number:
+            axes.sharey(axes_row[0])
+            axes.tick_params(labelleft=False)
+        if front.multiple:
+            for label, colour in colours.items():
+                mine = np.array([p.budget == label for p in front.points])
+                axes.scatter(costs[mine & ~optimal], scores[mine & ~optimal], s=10, color=colour, alpha=0.5,
+                             label=label)  # fmt: skip
+                axes.scatter(costs[mine & optimal], scores[mine & optimal], s=30, color=colour,
+                             edgecolors="tab:red", linewidths=1.2)  # fmt: skip
+            axes.scatter([], [], s=30, facecolors="none", edgecolors="tab:red", label="Pareto-optimal")
+        else:
+            axes.scatter(costs[~optimal], scores[~optimal], s=10, color="tab:gray", alpha=0.5,
+                         label="evaluated")  # fmt: skip
+            axes.scatter(costs[optimal], scores[optimal], s=22, color="tab:red", label="Pareto-optimal")
         axes.set_xlabel(f"{name} (of the base model)")
-        spread = float(np.ptp(costs)) if len(costs) else 0.0
-        digits = 0 if spread >= 0.05 else 1 if spread >= 0.005 else 2
-        axes.xaxis.set_major_formatter(lambda value, _, digits=digits: f"{value:.{digits}%}")
+        _percent_axis(axes.xaxis, costs)
         axes.grid(alpha=0.3)
     axes_row[0].set_ylabel("proxy score")
     axes_row[0].legend(loc="lower right", fontsize=8)
+    if front.finetuned:
+        _draw_finetuned(axes_row[-1], front.finetuned, colours)
+        axes_row[-1].set_title("finetuned by acp run", fontsize=10)
     figure.suptitle(f"{front.run_dir.name}: {len(front.optimal)} Pareto-optimal of {len(front.points)}")
     figure.tight_layout()
     return atomic_write(Path(path), lambda stream: figure.savefig(stream, format="png"), binary=True)
 
 
+def plot_finetuned_curve(points, path: str | Path, *, title: str | None = None) -> Path:
+    """The finetuned winners (:func:`finetuned_points`) against MACs, joined in MACs order, with the base
+    model at 100% (each point's ``base_score``) -- ``acp run``'s ``RUN/curve.png`` -- written atomically to
+    ``path``. ValueError when ``points`` is empty."""
+    from matplotlib.figure import Figure
+
+    from acp.fileio import atomic_write
+
+    points = list(points)
+    if not points:
+        raise ValueError("plot_finetuned_curve: no finetuned points")
+    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    axes = figure.subplots()
+    labels = tuple(point.budget for point in points if point.budget is not None)
+    _draw_finetuned(axes, points, budget_colours(labels))
+    axes.set_title(title or f"{points[0].metric} after finetuning, against MACs")
+    figure.tight_layout()
+    return atomic_write(Path(path), lambda stream: figure.savefig(stream, format="png"), binary=True)
+
+
+def budget_colours(labels) -> dict[str, str]:
+    """One colour per budget label, in order (the same in every plot of a run)."""
+    return {label: BUDGET_COLOURS[number % len(BUDGET_COLOURS)] for number, label in enumerate(labels)}
+
+
+def _draw_finetuned(axes, points, colours: dict[str, str]) -> None:
+    """Finetuned scores against MACs on ``axes``: a line through the points, each labelled with its budget,
+    and the base model's point at 100% with a dotted line at its score."""
+    ordered = sorted(points, key=lambda point: point.macs_ratio)
+    macs = np.array([point.macs_ratio for point in ordered])
+    scores = np.array([100 * point.score for point in ordered])
+    axes.plot(macs, scores, "-", color="tab:gray", linewidth=1, zorder=1)
+    for point, x, y in zip(ordered, macs, scores):
+        axes.scatter([x], [y], s=30, color=colours.get(point.budget, "tab:blue"), zorder=2)
+        if point.budget is not None:
+            axes.annotate(point.budget, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.scatter([], [], s=30, color="tab:gray" if colours else "tab:blue", label="finetuned winner")
+    base = next((point.base_score for point in ordered if point.base_score is not None), None)
+    if base is not None:
+        axes.plot([macs[-1], 1.0], [scores[-1], 100 * base], "--", color="tab:gray", linewidth=0.8, zorder=1)
+        axes.scatter([1.0], [100 * base], marker="*", s=120, color="black", zorder=3, label="base model")
+        axes.axhline(100 * base, color="black", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("MACs (of the base model)")
+    unit = "%" if ordered[0].metric == "val accuracy" else "x 100"
+    axes.set_ylabel(f"{ordered[0].metric} after finetuning ({unit})")
+    _percent_axis(axes.xaxis, np.append(macs, 1.0 if base is not None else macs[-1]))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+
+
+def _percent_axis(axis, values) -> None:
+    """Tick labels as percentages, with as many digits as the spread of ``values`` needs."""
+    spread = float(np.ptp(values)) if len(values) else 0.0
+    digits = 0 if spread >= 0.05 else 1 if spread >= 0.005 else 2
+    axis.set_major_formatter(lambda value, _, digits=digits: f"{value:.{digits}%}")
+
+
 def export_front(front: RunFront, out_dir: str | Path) -> list[Path]:
     """Write each Pareto-optimal architecture to ``out_dir/front_NN_macsM_paramsP.json``; returns the paths.
     The channel space is rebuilt from the run's ``config.toml`` (random weights: the groups do not depend
-    on them) and the kept channels come from the run's frozen rankings (``proposal.json``)."""
+    on them) and the kept channels come from the run's frozen rankings (``proposal.json``); each file's
+    ``budget`` is that of its point's search (one budget of a multi-budget run)."""
     from acp.core.architecture import Architecture
     from acp.fileio import require_fresh_output
     from acp.workflows.problem import load_problem
@@ -208,10 +429,13 @@ def export_front(front: RunFront, out_dir: str | Path) -> list[Path]:
     settings = rundir.read_run_settings(run_dir, flag="acp front")
     problem = load_problem(rundir.structure_only(settings), random_weights=True)
     space = problem.space
-    _, criterion = rundir.read_proposal(run_dir, space)
-    preprocessing = _run_preprocessing(run_dir)
+    criterion = rundir.read_rankings(run_dir, space)
+    preprocessing = _run_preprocessing(run_dir, front.labels)
     documents = []
     for number, point in enumerate(front.optimal, 1):
+        narrowed = settings.for_budget(point.budget) if front.multiple else settings
+        if narrowed is None:
+            raise UserError(f"{run_dir / rundir.CONFIG_FILE}: no budget {point.budget!r} in [budget]")
         keep = {
             group.id: criterion.select(group.id, width) for group, width in zip(space.groups, point.widths)
         }
@@ -220,7 +444,7 @@ def export_front(front: RunFront, out_dir: str | Path) -> list[Path]:
             problem.identity,
             list(point.widths),
             keep,
-            budget=settings.budget.to_dict(),
+            budget=narrowed.budget.to_dict(),
             space_settings=dict(space.settings),
             provenance={
                 "source": "search",
@@ -241,9 +465,13 @@ def export_front(front: RunFront, out_dir: str | Path) -> list[Path]:
     return [path for path, _ in documents]
 
 
-def _run_preprocessing(run_dir: Path):
-    """The preprocessing the run's ``best_arch.json`` records (how its images were prepared), or None."""
+def _run_preprocessing(run_dir: Path, labels):
+    """The preprocessing the run's ``best_arch.json`` records (how its images were prepared; the first
+    budget's that has one), or None."""
     from acp.core.architecture import Architecture
 
-    path = run_dir / rundir.BEST_ARCH_FILE
-    return Architecture.load(path).preprocessing if path.is_file() else None
+    for label in labels or (None,):
+        path = rundir.budget_dir(run_dir, label) / rundir.BEST_ARCH_FILE
+        if path.is_file():
+            return Architecture.load(path).preprocessing
+    return None

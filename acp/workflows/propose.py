@@ -50,6 +50,11 @@ def propose(
         )
     if options.mode == "budget":
         budget.require("acp cluster")
+        if budget.is_multiple:
+            raise UserError(
+                f"acp cluster makes one proposal; the config lists {len(budget.each())} budgets "
+                f"({', '.join(budget.labels())}): pick one with --flops/--params"
+            )
     problem = load_problem(
         settings,
         require_weights=not random_weights,

@@ -17,6 +17,7 @@ import numpy as np
 TOP = 30  # candidates in the sortable table
 FAILED_SHOWN = 100
 WIDTH_INCHES = 9.0  # 900 px at 100 dpi, the page's width
+STATUS_CLASSES = {"running": "running", "finished": "finished", "waiting": "waiting"}
 STOP_REASONS = {
     "iterations": "reached its iteration limit",
     "patience": "stopped early: no improvement for `patience` iterations",
@@ -61,6 +62,8 @@ def render(view) -> str:
 def _status(view) -> str:
     from acp.workflows.report import elapsed_per_iteration, eta_seconds
 
+    if view.multiple:
+        return _run_status(view)
     state = view.state
     stopped = state.get("stopped")
     resume = f"resume with <code>acp search --resume {escape(str(view.run_dir))}</code>"
@@ -126,7 +129,99 @@ def _status(view) -> str:
     return f'<section id="status"><h2>Status</h2><table class="facts">{rows}</table>{notes}</section>'
 
 
+def _run_status(view) -> str:
+    """The status of a multi-budget run as a whole (each budget's is in :func:`_budgets`)."""
+    from acp.workflows.report import RECENT_ITERATIONS, eta_seconds
+
+    resume = f"resume with <code>acp search --resume {escape(str(view.run_dir))}</code>"
+    if view.status == "running":
+        status = '<span class="running">running</span>: this page is rewritten as the search goes on'
+    elif view.status == "interrupted":
+        status = f'<span class="stopped">interrupted</span>: {resume}'
+    elif view.status == "finished":
+        status = '<span class="finished">finished</span>: every budget was searched'
+    else:
+        status = f'<span class="stopped">not finished</span>: still running elsewhere, or stopped; {resume}'
+    counts: dict[str, int] = {}
+    for part in view.budgets:
+        counts[part.status] = counts.get(part.status, 0) + 1
+    evaluations = len(view.rows)
+    failed = evaluations - len(view.ok_rows)
+    seconds = sum(float((part.state or {}).get("elapsed", 0.0)) for part in view.budgets)
+    items = [
+        ("status", status),
+        ("budgets", escape(f"{len(view.budgets)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))),
+        ("evaluations", f"{evaluations} ({failed} failed)"),
+        ("search time", escape(_duration(seconds))),
+    ]
+    eta = eta_seconds(view)
+    if eta is not None:
+        basis = (
+            f"the mean of the last {RECENT_ITERATIONS} iterations' times, and the run's mean time per "
+            "iteration for the budgets not started; re-ranking not included"
+        )
+        items.append(("time left", escape(f"about {_duration(eta)} (from {basis})")))
+    items.append(("last update", _clock(view.updated)))
+    rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in items)
+    notes = "".join(f'<p class="note">{escape(note)}</p>' for note in view.notes)
+    return f'<section id="status"><h2>Status</h2><table class="facts">{rows}</table>{notes}</section>'
+
+
+def _budgets(view) -> str:
+    """A multi-budget run's budgets, one row each: status, progress, best so far and winner."""
+    groups = _by_budget(view.rows)
+    lines = []
+    for part in view.budgets:
+        state = part.state or {}
+        rows = groups.get(part.label, [])
+        ok = [(number, row) for number, row in enumerate(rows, start=1) if row["score"] is not None]
+        status = f'<span class="{STATUS_CLASSES.get(part.status, "stopped")}">{escape(part.status)}</span>'
+        if part.status == "finished":
+            status += escape(f": {STOP_REASONS.get(state['stopped'], state['stopped'])}")
+        iteration = int(state.get("iteration", 0))
+        limit = view.iteration_limit
+        progress = f"{iteration} of {limit}" if limit is not None and limit >= iteration else str(iteration)
+        cells = [
+            escape(part.label),
+            escape(part.description),
+            status,
+            "-" if part.state is None else escape(progress),
+            f"{len(rows)} ({len(rows) - len(ok)} failed)",
+        ]
+        if ok:
+            number, best = max(ok, key=lambda item: (item[1]["score"], -item[0]))
+            cells += [
+                f"{best['score']:.4f}",
+                _percent(best["macs"], view.base_macs),
+                _percent(best["params"], view.base_params),
+            ]
+        else:
+            cells += ["-", "-", "-"]
+        winner = part.winner
+        if winner is not None and winner.get("widths") is not None:
+            score = "" if winner.get("score") is None else f"score {winner['score']:.4f}, "
+            cells.append(
+                escape(
+                    f"{winner['what']}: {score}MACs {_percent(winner.get('macs'), view.base_macs)}, "
+                    f"params {_percent(winner.get('params'), view.base_params)}"
+                )
+            )
+        else:
+            cells.append("-")
+        lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    names = ("budget", "limit", "status", "iteration", "evaluations", "best proxy score", "MACs", "params")
+    head = "".join(f"<th>{name}</th>" for name in (*names, "winner"))
+    table = f'<div class="scroll"><table id="budgets-table"><tr>{head}</tr>{"".join(lines)}</table></div>'
+    caption = (
+        "Each budget is searched in turn, into its own folder (RUN/<budget>/best_arch.json); "
+        "the winner is the re-ranked one when the run re-scores finalists."
+    )
+    return _section("best", "Budgets", table, caption)
+
+
 def _best_per_budget(view) -> str:
+    if view.multiple:
+        return _budgets(view)
     groups = _by_budget(view.rows)
     if not groups:
         return ""
@@ -155,34 +250,57 @@ def _progress_plot(view) -> str:
         return '<section id="progress"><h2>Progress</h2><p>No successful evaluation yet.</p></section>'
     figure = _figure(2, height=3.3)
     by_evaluation, by_time = figure.axes
-    elapsed = np.array(elapsed_per_iteration(view.state))
-    unit, scale = _time_unit(float(elapsed.max()) if len(elapsed) else 0.0)
-    for budget, rows in _by_budget(view.rows).items():
+    single = np.array(elapsed_per_iteration(view.state))
+    timelines = _timelines(view) if view.multiple else {}  # {budget: its iterations' end times}
+    longest = max((float(times.max()) for times in (single, *timelines.values()) if len(times)), default=0.0)
+    unit, scale = _time_unit(longest)
+    groups = _by_budget(view.rows)
+    colours = _colours(view) if view.multiple else {}
+    for budget, rows in groups.items():
+        elapsed = timelines.get(budget, np.array([])) if view.multiple else single
         scores = np.array([-np.inf if row["score"] is None else row["score"] for row in rows])
         best = np.maximum.accumulate(scores)
         shown = np.isfinite(best)
         numbers = np.arange(1, len(rows) + 1)
-        label = budget if len(_by_budget(view.rows)) > 1 else "best so far"
-        by_evaluation.step(numbers[shown], best[shown], where="post", label=_tex_safe(label))
+        label = budget if len(groups) > 1 else "best so far"
+        style = {"color": colours[budget]} if budget in colours else {}
+        by_evaluation.step(numbers[shown], best[shown], where="post", label=_tex_safe(label), **style)
         iterations = np.array([row["iteration"] for row in rows])
         timed = shown & (iterations < len(elapsed))
         if timed.any():
             seconds = elapsed[iterations[timed]] / scale
-            by_time.step(seconds, best[timed], where="post", label=_tex_safe(label))
-    if not len(elapsed):
+            by_time.step(seconds, best[timed], where="post", label=_tex_safe(label), **style)
+    if not any(len(times) for times in (single, *timelines.values())):
         by_time.text(0.5, 0.5, "no wall times recorded", ha="center", transform=by_time.transAxes)
     for axes in (by_evaluation, by_time):
         for name, style in (("proposal", "--"), ("uniform", ":")):
-            record = view.state.get(name)
+            record = None if view.multiple else view.state.get(name)  # one per budget: too many lines
             if record and record.get("score") is not None:
                 label = "clustering proposal" if name == "proposal" else "uniform ratio"
                 axes.axhline(record["score"], linestyle=style, color="gray", linewidth=1, label=label)
         axes.set_ylabel("proxy score")
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right", fontsize=8)
-    by_evaluation.set(xlabel="evaluations", title="best proxy score against evaluations")
-    by_time.set(xlabel=f"search time ({unit})", title="best proxy score against wall time")
+    time_label = "search time of the run, budget after budget" if view.multiple else "search time"
+    by_evaluation.set(
+        xlabel="evaluations" + (" of each budget" if view.multiple else ""),
+        title="best proxy score against evaluations",
+    )
+    by_time.set(xlabel=f"{time_label} ({unit})", title="best proxy score against wall time")
     return _section("progress", "Progress", _image(figure, "best proxy score so far"))
+
+
+def _timelines(view) -> dict[str, np.ndarray]:
+    """Each budget's iteration end times in a multi-budget run's search time (its budgets follow each
+    other)."""
+    from acp.workflows.report import elapsed_per_iteration
+
+    timelines, offset = {}, 0.0
+    for part in view.budgets:
+        elapsed = np.array(elapsed_per_iteration(part.state))
+        timelines[part.label] = offset + elapsed
+        offset += float((part.state or {}).get("elapsed", elapsed[-1] if len(elapsed) else 0.0))
+    return timelines
 
 
 def _plane_plot(view) -> str:
@@ -191,23 +309,32 @@ def _plane_plot(view) -> str:
     ok = view.ok_rows
     if not ok:
         return ""
-    panels = [("macs", view.base_macs, "MACs", view.budget.get("flops"))]
-    panels.append(("params", view.base_params, "params", view.budget.get("params")))
+    panels = [("macs", view.base_macs, "MACs"), ("params", view.base_params, "params")]
     if view.base_ms and any(row.get("latency_ms") is not None for row in ok):
-        limit = view.budget.get("latency")
-        if limit is None and view.budget.get("latency_ms") is not None:
-            limit = view.budget["latency_ms"] / view.base_ms
-        panels.append(("latency_ms", view.base_ms, "predicted latency", limit))
-    figure = _figure(len(panels), height=3.6, sharey=True, right=1.0)
+        panels.append(("latency_ms", view.base_ms, "predicted latency"))
+    by_budget = view.multiple
+    figure = _figure(len(panels), height=3.6, sharey=True, right=0.2 if by_budget else 1.0)
     scores = np.array([row["score"] for row in ok])
-    colour = np.array([row["iteration"] + 1 for row in ok])  # 1..N, as the progress bar counts them
-    winner = view.winner
-    finalists = {tuple(row["widths"]) for row in view.state.get("finalists") or []}
+    if by_budget:
+        colours = _colours(view)
+        colour = [colours.get(row["budget"], "tab:gray") for row in ok]
+    else:
+        colour = np.array([row["iteration"] + 1 for row in ok])  # 1..N, as the progress bar counts them
+    winners = [part for part in view.budgets if part.winner is not None]
+    finalists = {
+        tuple(row["widths"]) for part in view.budgets for row in (part.state or {}).get("finalists") or []
+    }
     points = None
-    for axes, (key, base, name, limit) in zip(figure.axes, panels):
+    for axes, (key, base, name) in zip(figure.axes, panels):
         costs = np.array([np.nan if row.get(key) is None else row[key] for row in ok], dtype=float)
         costs = costs / base if base else costs
-        points = axes.scatter(costs, scores, c=colour, cmap="viridis", s=10, linewidths=0)
+        if by_budget:
+            for label in colours:
+                mine = np.array([row["budget"] == label for row in ok])
+                axes.scatter(costs[mine], scores[mine], color=colours[label], s=10, linewidths=0,
+                             label=_tex_safe(label))  # fmt: skip
+        else:
+            points = axes.scatter(costs, scores, c=colour, cmap="viridis", s=10, linewidths=0)
         front = pareto_front(costs, scores)
         axes.plot(
             costs[front], scores[front], "-o", color="tab:red", markersize=3, linewidth=1, label="front"
@@ -216,12 +343,24 @@ def _plane_plot(view) -> str:
             marked = np.array([tuple(row["widths"]) in finalists for row in ok])
             axes.scatter(costs[marked], scores[marked], facecolors="none", edgecolors="tab:red", s=50,
                          label=f"finalists ({len(finalists)})")  # fmt: skip
-        if winner is not None and winner.get(key) is not None and winner.get("score") is not None:
+        for number, part in enumerate(winners):
+            winner = part.winner
+            if winner.get(key) is None or winner.get("score") is None:
+                continue
             where = winner[key] / base if base else winner[key]
-            axes.scatter([where], [winner["score"]], marker="*", color="tab:red", s=150, zorder=3,
-                         label=winner["what"])  # fmt: skip
-        if limit is not None:
-            axes.axvline(limit, color="tab:red", linewidth=0.8, linestyle="--", label="budget")
+            style = (
+                {"color": colours[part.label], "edgecolors": "black"} if by_budget else {"color": "tab:red"}
+            )
+            label = "winners" if by_budget else winner["what"]
+            axes.scatter([where], [winner["score"]], marker="*", s=150, zorder=3,
+                         label=label if number == 0 else None, **style)  # fmt: skip
+        limit_label = "budgets" if by_budget else "budget"
+        for number, part in enumerate(view.budgets):
+            limit = _limit(part.budget, key, view.base_ms)
+            if limit is not None:
+                colour_of = colours[part.label] if by_budget else "tab:red"
+                axes.axvline(limit, color=colour_of, linewidth=0.8, linestyle="--",
+                             label=limit_label if number == 0 else None)  # fmt: skip
         axes.set_xlabel(f"{name} (of the base model)" if base else name)
         axes.xaxis.set_major_locator(MaxNLocator(nbins=5))
         if base:
@@ -233,8 +372,9 @@ def _plane_plot(view) -> str:
         bar_axes = figure.add_axes((1 - 0.85 / WIDTH_INCHES, 0.55 / 3.6, 0.12 / WIDTH_INCHES, 1 - 0.9 / 3.6))
         figure.colorbar(points, cax=bar_axes, label="iteration")
     failed = len(view.rows) - len(ok)
+    coloured = "coloured by budget (a dashed line each: its limit)" if by_budget else "coloured by iteration"
     caption = (
-        f"All {len(view.rows)} evaluations ({failed} failed, not shown), coloured by iteration; the red line "
+        f"All {len(view.rows)} evaluations ({failed} failed, not shown), {coloured}; the red line "
         "is the Pareto front (no other candidate is both cheaper and better)."
     )
     return _section(
@@ -242,24 +382,57 @@ def _plane_plot(view) -> str:
     )
 
 
+def _limit(budget: dict, key: str, base_ms: float | None) -> float | None:
+    """A budget's limit on one cost, as a ratio of the base model's (``key``: macs, params, latency_ms)."""
+    if key == "macs":
+        return budget.get("flops")
+    if key == "params":
+        return budget.get("params")
+    limits = [budget.get("latency")]
+    if budget.get("latency_ms") is not None and base_ms:
+        limits.append(budget["latency_ms"] / base_ms)
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
 def _widths_plot(view) -> str:
-    winner = view.winner
-    if winner is None or not winner.get("widths") or len(winner["widths"]) != len(view.full_widths):
-        return ""
     count = len(view.full_widths)
+    winners = [
+        part
+        for part in view.budgets
+        if part.winner is not None and part.winner.get("widths") and len(part.winner["widths"]) == count
+    ]
+    if not winners:
+        return ""
     longest = max((len(_short(group_id)) for group_id in view.group_ids), default=4)
     figure = _figure(1, height=2.5 + 0.06 * longest, bottom=0.25 + 0.06 * longest)
     (axes,) = figure.axes
     positions = np.arange(count)
     axes.bar(positions, view.full_widths, color="lightgray", label="full width")
-    axes.bar(positions, winner["widths"], color="tab:blue", label=winner["what"])
+    if view.multiple:
+        colours = _colours(view)
+        width = 0.8 / len(winners)
+        for number, part in enumerate(winners):
+            shift = (number - (len(winners) - 1) / 2) * width
+            axes.bar(positions + shift, part.winner["widths"], width=width, color=colours[part.label],
+                     label=_tex_safe(part.label))  # fmt: skip
+    else:
+        axes.bar(positions, winners[0].winner["widths"], color="tab:blue", label=winners[0].winner["what"])
     labels = [_tex_safe(_short(group_id)) for group_id in view.group_ids] or [""] * count
     axes.set_xticks(positions, labels, rotation=90, fontsize=7 if count <= 40 else 5)
     axes.set(ylabel="channels", xlim=(-0.6, count - 0.4))
     axes.legend(fontsize=8)
-    kept = sum(winner["widths"]) / max(1, sum(view.full_widths))
-    caption = f"{count} channel groups; {kept:.1%} of all channels kept."
-    return _section("widths", "Widths of the winner per group", _image(figure, "winner widths"), caption)
+    total = max(1, sum(view.full_widths))
+    if view.multiple:
+        kept = ", ".join(f"{part.label} {sum(part.winner['widths']) / total:.1%}" for part in winners)
+        caption = f"{count} channel groups; of all channels, the winners keep: {kept}."
+        title = "Widths of the winners per group"
+    else:
+        caption = (
+            f"{count} channel groups; {sum(winners[0].winner['widths']) / total:.1%} of all channels kept."
+        )
+        title = "Widths of the winner per group"
+    return _section("widths", title, _image(figure, "winner widths"), caption)
 
 
 def _top_table(view) -> str:
@@ -277,7 +450,9 @@ def _top_table(view) -> str:
 
     latencies = [row.get("latency_ms") for row in view.rows]
     front = {p.widths for p in front_points(view.rows, latency_ms=latencies) if p.on_front}
-    columns = [("#", "asc"), ("score", "desc"), ("accuracy", "desc"), ("MACs %", "asc"), ("params %", "asc")]
+    columns = [("#", "asc"), *([("budget", "asc")] if view.multiple else [])]
+    columns += [("score", "desc"), ("accuracy", "desc"), ("MACs %", "asc"), ("params %", "asc")]
+    order = {part.label: number for number, part in enumerate(view.budgets)}
     if latency:
         columns.append(("latency ms", "asc"))
     columns += [("iteration", "asc"), ("particle", "asc"), ("evaluation", "asc")]
@@ -291,8 +466,10 @@ def _top_table(view) -> str:
     body = []
     for rank, (number, row) in enumerate(ranked, start=1):
         key = tuple(row["widths"])
-        cells = [
-            _cell(rank, str(rank)),
+        cells = [_cell(rank, str(rank))]
+        if view.multiple:
+            cells.append(_cell(order.get(row["budget"]), str(row["budget"])))
+        cells += [
             _cell(row["score"], f"{row['score']:.4f}"),
             _cell(row.get("accuracy"), _maybe(row.get("accuracy"), "{:.2%}")),
             _cell(_ratio(row["macs"], view.base_macs), _percent(row["macs"], view.base_macs)),
@@ -316,7 +493,8 @@ def _top_table(view) -> str:
         f"The {len(ranked)} best distinct candidates by proxy score (of {len(first)}); "
         "click a column to sort. "
         "Iterations count from 1 (history.sqlite's iteration + 1); front: Pareto-optimal in MACs, params "
-        "(and predicted latency) against the score, as `acp front` lists them."
+        "(and predicted latency) against the score, as `acp front` lists them"
+        + (", over every budget's evaluations." if view.multiple else ".")
     )
     table = (
         f'<table class="sortable" id="top-table"><thead><tr>{head}</tr></thead>'
@@ -331,13 +509,19 @@ def _failed(view) -> str:
     if not failed:
         return _section("failed", "Failed evaluations", "<p>None.</p>")
     lines = [
-        f"<tr><td>{iteration}</td><td>{particle}</td><td>{_percent(row.get('macs'), view.base_macs)}</td>"
+        "<tr>"
+        + (f"<td>{escape(str(row.get('budget') or '-'))}</td>" if view.multiple else "")
+        + f"<td>{iteration}</td><td>{particle}</td><td>{_percent(row.get('macs'), view.base_macs)}</td>"
         f"<td class=reason>{escape(_reason(row.get('status')))}</td></tr>"
         for iteration, particle, row in failed[:FAILED_SHOWN]
     ]
     more = len(failed) - FAILED_SHOWN
     tail = f"<p>and {more} more (in history.sqlite).</p>" if more > 0 else ""
-    head = '<tr><th>iteration</th><th>particle</th><th>MACs</th><th class="reason">reason</th></tr>'
+    head = (
+        "<tr>"
+        + ("<th>budget</th>" if view.multiple else "")
+        + '<th>iteration</th><th>particle</th><th>MACs</th><th class="reason">reason</th></tr>'
+    )
     reasons: dict[str, int] = {}
     for *_, row in failed:
         reasons[_reason(row.get("status"))] = reasons.get(_reason(row.get("status")), 0) + 1
@@ -377,6 +561,13 @@ def pareto_front(costs: np.ndarray, scores: np.ndarray) -> np.ndarray:
             front.append(index)
             best = scores[index]
     return np.array(front, dtype=np.int64)
+
+
+def _colours(view) -> dict[str, str]:
+    """One colour per budget of a multi-budget run, in the config's order (as ``acp front`` plots them)."""
+    from acp.workflows.front import budget_colours
+
+    return budget_colours(part.label for part in view.budgets)
 
 
 def _by_budget(rows: list[dict]) -> dict[str, list[dict]]:
@@ -495,7 +686,7 @@ table.sortable tbody tr:hover{background:#f5f9ff}
 pre{background:#f6f6f6;padding:10px;overflow-x:auto;font-size:.85em}
 .caption{color:#555;font-size:.85em}.note{color:#a15c00}
 .running{color:#0a7d32;font-weight:600}.finished{color:#1d4ed8;font-weight:600}
-.stopped{color:#b45309;font-weight:600}
+.stopped{color:#b45309;font-weight:600}.waiting{color:#777;font-weight:600}
 footer{margin-top:2em;color:#777;font-size:.8em}
 """
 

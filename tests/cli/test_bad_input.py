@@ -211,7 +211,10 @@ CASES = [
     (
         "budget <= 0 (config)",
         ["search", "{zero_budget_config}", "--out", "{new_run}"],
-        ["zero_budget.toml: [budget].flops = 0.0 is not allowed (expected a number in (0, 1], or a list of them)"],
+        [
+            "zero_budget.toml: [budget].flops = 0.0 is not allowed "
+            "(expected a number in (0, 1], or a list of them)"
+        ],
     ),
     (
         "budget > 1 (config)",

@@ -220,7 +220,9 @@ def test_warm_start_starts_particle_2_from_the_previous_budgets_winner(workspace
     warm_config = CONFIG.replace("[search]\n", "[search]\nwarm_start = true\n")
     (workspace / "warm.toml").write_text(warm_config)
     out = workspace / "warm"
-    assert main(["search", str(workspace / "warm.toml"), "--out", str(out), "--flops", BUDGETS, "--quiet"]) == 0
+    assert (
+        main(["search", str(workspace / "warm.toml"), "--out", str(out), "--flops", BUDGETS, "--quiet"]) == 0
+    )
     assert history_rows(out, LABELS[0]) == history_rows(multi_run, LABELS[0])  # the first has no neighbour
     arch = Architecture.load(out / LABELS[0] / "best_arch.json")
     _, space = build_space(arch.model, arch.space)

@@ -12,12 +12,15 @@ from acp.cli import main
 from acp.models import create_model
 from acp.prune import load_pruned
 
-CONFIG = TINY_SEARCH_CONFIG + """
+CONFIG = (
+    TINY_SEARCH_CONFIG
+    + """
 [finetune]
 epochs = 1
 batch_size = 32
 lr = 0.05
 """
+)
 
 
 @pytest.fixture
@@ -64,3 +67,27 @@ def test_run_refuses_a_non_empty_directory_and_a_missing_run(config, tmp_path, c
     assert "not empty" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "not an acp run directory" in capsys.readouterr().err
+
+
+def test_run_over_several_budgets_finetunes_every_winner_and_draws_the_curve(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--flops", "0.7,0.4", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "== flops0.7: the winner finetuned" in printed and "== flops0.4: the winner finetuned" in printed
+    assert f"every budget and the base model: {out / 'curve.png'}" in printed
+    assert (out / "curve.png").stat().st_size > 0
+    for label, limit in (("flops0.7", 0.7), ("flops0.4", 0.4)):
+        metrics = json.loads((out / label / "finetune" / "metrics.json").read_text())
+        arch = json.loads((out / label / "best_arch.json").read_text())
+        assert metrics["macs"] == arch["macs"] <= limit * arch["base_macs"]
+        assert load_pruned(out / label / "finetune").eval()(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    assert main(["front", str(out)]) == 0
+    front = capsys.readouterr().out
+    assert "finetuned (flops0.7/finetune/metrics.json): val accuracy" in front and "base model: " in front
+
+    # resuming the finished run repeats nothing
+    history = (out / "history.sqlite").read_bytes()
+    weights = (out / "flops0.4" / "finetune" / "weights.pt").read_bytes()
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert (out / "history.sqlite").read_bytes() == history
+    assert (out / "flops0.4" / "finetune" / "weights.pt").read_bytes() == weights

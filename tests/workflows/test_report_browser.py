@@ -115,3 +115,66 @@ def test_the_report_in_a_headless_browser(report, tmp_path):
     assert screenshot.stat().st_size > 20_000
     with screenshot.open("rb") as stream:
         assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def multi_budget_report(tmp_path_factory) -> Path:
+    """A multi-budget run's page (one Study per budget on a shared history), its last budget not started."""
+    from acp.search import store
+
+    space = build_space(IDENTITY, {})[1]
+    run_dir = tmp_path_factory.mktemp("browser") / "multi"
+    run_dir.mkdir()
+    config = TINY_SEARCH_CONFIG.replace("flops = 0.5", "flops = [0.7, 0.5, 0.3]")
+    (run_dir / "config.toml").write_text(config, encoding="utf-8")
+    settings = SearchSettings(particles=8, iterations=4, seed=1)
+    budgets = {label: Budget(space, flops=ratio) for label, ratio in (("flops0.7", 0.7), ("flops0.5", 0.5))}
+    evaluator = SyntheticEvaluator(space, identity=IDENTITY, fail_when=lambda widths: widths.sum() % 9 == 0)
+    for label, budget in budgets.items():
+        study = Study(
+            space,
+            evaluator,
+            budget,
+            settings,
+            run_dir / label,
+            proposal_widths=space.uniform_widths(0.6),
+            history=run_dir / store.HISTORY_FILE,
+            budget_label=label,
+        )
+        study.run()
+    budgets["flops0.3"] = Budget(space, flops=0.3)
+    return write_html_report(
+        run_dir, status="running", space=space, budgets=budgets, search_settings=settings
+    )
+
+
+def test_a_multi_budget_report_in_a_headless_browser(multi_budget_report):
+    sync_playwright = browser_or_skip()
+    problems, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on(
+                "console",
+                lambda message: message.type == "error" and problems.append(message.text),
+            )
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(multi_budget_report.as_uri(), wait_until="load")
+            images = page.locator("img")
+            assert images.count() == 3
+            for index in range(images.count()):
+                assert images.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
+            statuses = page.locator("#budgets-table tr td:nth-child(3)").all_inner_texts()
+            assert [text.split(":")[0] for text in statuses] == ["finished", "finished", "waiting"]
+            header = page.locator("#top-table thead th").all_inner_texts()
+            assert header[1].strip() == "budget"
+            page.locator("#top-table thead th", has_text="budget").click()
+            cells = page.locator("#top-table tbody tr td:nth-child(2)")
+            order = [float(value) for value in cells.evaluate_all("tds => tds.map(td => td.dataset.value)")]
+            assert order == sorted(order) and set(order) == {0.0, 1.0}
+        finally:
+            browser.close()
+    assert problems == []
+    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_SEARCH_CONFIG
 
+from acp.cli import main
 from acp.core.architecture import ModelIdentity
 from acp.core.budget import Budget
 from acp.errors import UserError
@@ -18,7 +19,7 @@ from acp.search import store
 from acp.search.study import Study
 from acp.search.synthetic import SyntheticEvaluator
 from acp.settings import SearchSettings
-from acp.workflows.report import LiveReport, read_run, write_html_report
+from acp.workflows.report import LiveReport, eta_seconds, read_run, write_html_report
 from acp.workflows.report_page import pareto_front
 
 IDENTITY = ModelIdentity("resnet8_cifar", 10, (3, 16, 16), {})
@@ -221,3 +222,147 @@ def test_ctrl_c_leaves_a_page_that_says_how_to_resume(space, tmp_path):
     html = page(tmp_path)
     assert '<span class="stopped">interrupted</span>' in html and f"acp search --resume {tmp_path}" in html
     assert f"<td>2 of {ITERATIONS}</td>" in html and "time left" in html
+
+
+# --- a multi-budget run: one Study per budget into RUN/<label>/, one shared history ----------------------
+
+LABELS = ("flops0.7", "flops0.5", "flops0.3")
+MULTI_CONFIG = CONFIG.replace("flops = 0.5", "flops = [0.7, 0.5, 0.3]")
+
+
+class InterruptingAt(ProbingEvaluator):
+    """Ctrl-C at evaluation ``at`` (counted over the whole run)."""
+
+    at: int | None = None
+
+    def evaluate(self, widths):
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().evaluate(widths)
+
+
+def run_multi(space, run_dir, *, interrupt_in: str | None = None):
+    """As acp.workflows.search runs several budgets: each budget's Study in RUN/<label>/ on the shared
+    history, the page read from disk after every iteration; ``interrupt_in``: Ctrl-C in that budget's
+    second iteration."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(MULTI_CONFIG, encoding="utf-8")
+    settings = SearchSettings(particles=PARTICLES, iterations=ITERATIONS, seed=3)
+    budgets = {label: Budget(space, flops=float(label.removeprefix("flops"))) for label in LABELS}
+    live = LiveReport(run_dir, space=space, budgets=budgets, search_settings=settings, min_interval=0)
+    evaluator = InterruptingAt(space, run_dir)
+
+    def on_iteration(state, status):
+        live(None, "running" if status == "finished" else status)
+
+    for label, budget in budgets.items():
+        if label == interrupt_in:
+            evaluator.at = evaluator.calls + PARTICLES + 1
+        study = Study(
+            space,
+            evaluator,
+            budget,
+            settings,
+            run_dir / label,
+            proposal_widths=space.uniform_widths(0.6),
+            on_iteration=on_iteration,
+            history=run_dir / store.HISTORY_FILE,
+            budget_label=label,
+            resume_dir=run_dir,
+        )
+        try:
+            study.run()
+        except KeyboardInterrupt:
+            return evaluator, settings
+    live(None, "finished")
+    return evaluator, settings
+
+
+@pytest.fixture(scope="module")
+def multi_run(space, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("report") / "multi"
+    evaluator, settings = run_multi(space, run_dir)
+    return run_dir, evaluator, settings
+
+
+def budget_statuses(html: str) -> dict[str, str]:
+    """{label: status} of the page's budgets table."""
+    table = re.search(r'<table id="budgets-table">(.*?)</table>', html, re.S).group(1)
+    found = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]:
+        cells = re.findall(r"<td>(.*?)</td>", row, re.S)
+        found[cells[0]] = re.sub(r"<[^>]+>", "", cells[2]).split(":")[0]
+    return found
+
+
+def test_a_multi_budget_page_shows_every_budget(multi_run):
+    run_dir, _, _ = multi_run
+    html = page(run_dir)
+    for anchor in ("status", "best", "progress", "plane", "widths", "top", "failed", "config", "versions"):
+        assert f'<section id="{anchor}">' in html, anchor
+    assert budget_statuses(html) == dict.fromkeys(LABELS, "finished")
+    assert "finished</span>: every budget was searched" in html and "<td>3: 3 finished</td>" in html
+    rows = store.History(run_dir / store.HISTORY_FILE).rows()
+    failed = sum(row["score"] is None for row in rows)
+    assert len(rows) == len(LABELS) * PARTICLES * ITERATIONS and failed > 0
+    assert f"<td>{len(rows)} ({failed} failed)</td>" in html
+    for label in LABELS:
+        assert f"<td>{label}</td>" in html  # in the budgets table, the top table and the failed table
+        state = store.read_checkpoint(run_dir / label)["study"]
+        assert f"{state['best']['score']:.4f}" in html
+    assert "the winners keep: flops0.7 " in html and ", flops0.3 " in html
+    assert html.count('<img alt="') == 3 and "http://" not in html and "https://" not in html
+    head = re.search(r'<table class="sortable" id="top-table"><thead>(.*?)</thead>', html, re.S).group(1)
+    assert ">budget</th>" in head
+    budgets_of_top = {row[1] for row in top_rows(html)}  # the budget column's value: its config index
+    assert budgets_of_top <= {0.0, 1.0, 2.0} and len(budgets_of_top) >= 2
+
+
+def test_a_multi_budget_page_while_it_runs(multi_run):
+    _, evaluator, _ = multi_run
+    seen = evaluator.seen  # report.html at each iteration's first particle, budget after budget
+    assert len(seen) == len(LABELS) * ITERATIONS and seen[0] is None
+    during_second = seen[ITERATIONS + 2]
+    assert budget_statuses(during_second) == {
+        "flops0.7": "finished",
+        "flops0.5": "running",
+        "flops0.3": "waiting",
+    }
+    assert '<span class="running">running</span>' in during_second and "time left" in during_second
+    assert "<td>3: 1 finished, 1 running, 1 waiting</td>" in during_second
+
+
+def test_an_interrupted_multi_budget_run_shows_the_rest_waiting(space, tmp_path):
+    run_dir = tmp_path / "run"
+    _, settings = run_multi(space, run_dir, interrupt_in="flops0.5")
+    assert not (run_dir / "flops0.3").exists()
+    html = page(run_dir)
+    assert budget_statuses(html) == {"flops0.7": "finished", "flops0.5": "interrupted", "flops0.3": "waiting"}
+    assert '<span class="stopped">interrupted</span>' in html and f"acp search --resume {run_dir}" in html
+    assert "time left" in html
+
+    view = read_run(run_dir, status="interrupted", search_settings=settings)
+    first, second, _ = (part.state for part in view.budgets)
+    assert view.budgets[2].state is None and second["iteration"] == 1
+    durations = [np.diff([0.0, *state["elapsed_per_iteration"]]) for state in (first, second)]
+    expected = durations[1][-5:].mean() * (ITERATIONS - 1) + np.concatenate(durations).mean() * ITERATIONS
+    assert eta_seconds(view) == pytest.approx(expected)
+
+    read_back = read_run(run_dir)  # as `acp report` finds it
+    assert read_back.status == "unknown"
+    assert [part.status for part in read_back.budgets] == ["finished", "not finished", "waiting"]
+
+
+def test_acp_report_rewrites_a_multi_budget_page(multi_run, tmp_path, capsys):
+    run_dir = multi_run[0]
+    out = tmp_path / "again.html"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert budget_statuses(html) == dict.fromkeys(LABELS, "finished") and html.count('<img alt="') == 3
+
+
+def test_a_multi_budget_run_without_a_started_budget_is_no_run(tmp_path):
+    (tmp_path / "config.toml").write_text(MULTI_CONFIG, encoding="utf-8")
+    store.History(tmp_path / store.HISTORY_FILE, create=True).close()
+    with pytest.raises(UserError, match=r"no checkpoint.json there nor in its budget folders \(flops0.7, "):
+        read_run(tmp_path)

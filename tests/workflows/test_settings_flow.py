@@ -133,7 +133,11 @@ def test_tolerance_is_the_threshold_of_the_below_budget_warning(caplog, tmp_path
     ("section", "text", "message"),
     [
         ("search", 'criterion = "l3"', "[search].criterion = 'l3' is not allowed (expected 'cluster', 'l1'"),
-        ("budget", "flops = 1.5", "[budget].flops = 1.5 is not allowed (expected a number in (0, 1], or a list of them)"),
+        (
+            "budget",
+            "flops = 1.5",
+            "[budget].flops = 1.5 is not allowed (expected a number in (0, 1], or a list of them)",
+        ),
         ("space", "round_to = 0", "[space].round_to = 0 is not allowed (expected a positive integer)"),
         ("proxy", "calibration_batches = 0", "[proxy].calibration_batches: must be >= 1 when recalibrate_bn"),
     ],

@@ -1,0 +1,197 @@
+"""A real multi-budget run (``acp search --flops 0.7,0.5,0.3``): ``acp report`` and ``acp front`` over all its
+budgets, the front exported with each point's own budget, a run interrupted before its last budget, and
+the finetuned winners ``acp run`` leaves (hand-written ``metrics.json``) printed and plotted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import sqlite3
+
+import pytest
+import torch
+from conftest import TINY_SEARCH_CONFIG
+
+from acp.cli import main
+from acp.core.architecture import Architecture
+from acp.errors import UserError
+from acp.models import create_model
+from acp.workflows.front import export_front, finetuned_points, plot_finetuned_curve, read_front
+from acp.workflows.report import regenerate_report, run_space_and_budgets
+
+LABELS = ("flops0.7", "flops0.5", "flops0.3")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("front_multi")
+    torch.manual_seed(0)
+    torch.save(create_model("resnet8_cifar", num_classes=10).state_dict(), directory / "weights.pt")
+    (directory / "search.toml").write_text(TINY_SEARCH_CONFIG)
+    run_dir = directory / "run"
+    command = ["search", str(directory / "search.toml"), "--out", str(run_dir), "--flops", "0.7,0.5,0.3"]
+    assert main([*command, "--quiet"]) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(multi_run, tmp_path):
+    return shutil.copytree(multi_run, tmp_path / "run")
+
+
+def budget_statuses(html: str) -> dict[str, str]:
+    table = re.search(r'<table id="budgets-table">(.*?)</table>', html, re.S).group(1)
+    rows = [
+        re.findall(r"<td>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]
+    ]
+    return {cells[0]: re.sub(r"<[^>]+>", "", cells[2]).split(":")[0] for cells in rows}
+
+
+def test_acp_report_of_a_multi_budget_run(multi_run, capsys):
+    assert main(["report", str(multi_run)]) == 0
+    html = (multi_run / "report.html").read_text(encoding="utf-8")
+    assert budget_statuses(html) == dict.fromkeys(LABELS, "finished")
+    assert "<td>3: 3 finished</td>" in html and html.count('<img alt="') == 3
+    assert "every budget was searched" in html
+
+
+def test_acp_report_rebuilds_the_space_of_a_multi_budget_run_when_it_needs_it(run_copy):
+    space, budgets = run_space_and_budgets(run_copy)
+    assert list(budgets) == list(LABELS) and [budget.flops for budget in budgets.values()] == [0.7, 0.5, 0.3]
+    assert all(budget.space is space for budget in budgets.values())
+    for label in LABELS:  # no best_arch.json to read the base costs from: the space gives them
+        (run_copy / label / "best_arch.json").unlink()
+    html = regenerate_report(run_copy).read_text(encoding="utf-8")
+    assert "could not be rebuilt" not in html and budget_statuses(html) == dict.fromkeys(LABELS, "finished")
+    macs = re.findall(
+        r"<td>MACs &lt;= 50.0%</td><td>.*?</td><td>.*?</td><td>.*?</td><td>.*?</td><td>(.*?)</td>", html
+    )
+    assert macs and macs[0].endswith("%")  # a ratio of the base model's, not a count
+
+
+def test_acp_front_of_a_multi_budget_run(multi_run, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "front"
+    assert main(["front", str(multi_run), "--export", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith(
+        "(3 budgets: MACs <= 70.0%, MACs <= 50.0%, MACs <= 30.0%; ratios of the base model):"
+    ), printed[0]
+    optimal = int(printed[0].split()[0])
+    assert printed[1].split()[:3] == ["#", "budget", "MACs"]
+    rows = printed[2 : 2 + optimal]
+    assert all(row.split()[1] in LABELS for row in rows)
+    winners = printed[2 + optimal : 5 + optimal]
+    assert [line.split(":")[0] for line in winners] == [
+        f"winner ({label}/best_arch.json)" for label in LABELS
+    ]
+    assert printed[5 + optimal].startswith("plot: ") and (multi_run / "front.png").read_bytes()[:8] == PNG
+    assert printed[6 + optimal] == f"exported {optimal} architectures to {out}"
+    front = read_front(multi_run)
+    for path in sorted(out.glob("front_*.json")):
+        arch = Architecture.load(path)
+        point = front.point_of([group.width for group in arch.groups])
+        assert point is not None and point.on_front
+        assert arch.budget["flops"] == float(point.budget.removeprefix("flops")) >= arch.macs_ratio
+
+
+def test_the_export_gives_each_point_its_own_budget(multi_run, tmp_path):
+    front = read_front(multi_run)
+    assert front.labels == LABELS and {point.budget for point in front.points} == set(LABELS)
+    chosen = {
+        label: max((p for p in front.points if p.budget == label), key=lambda p: p.score) for label in LABELS
+    }
+    marked = [dataclasses.replace(point, on_front=point in chosen.values()) for point in front.points]
+    paths = export_front(dataclasses.replace(front, points=marked), tmp_path / "out")
+    budgets = {}
+    for path in paths:
+        arch = Architecture.load(path)
+        point = front.point_of([group.width for group in arch.groups])
+        budgets[point.budget] = arch.budget["flops"]
+        assert arch.macs_ratio <= arch.budget["flops"] and arch.budget["params"] is None
+    assert budgets == {"flops0.7": 0.7, "flops0.5": 0.5, "flops0.3": 0.3}
+
+
+def test_a_run_interrupted_before_its_last_budget(run_copy, capsys):
+    shutil.rmtree(run_copy / "flops0.3")
+    with sqlite3.connect(run_copy / "history.sqlite") as db:
+        db.execute("DELETE FROM evaluations WHERE budget = 'flops0.3'")
+    db.close()
+    assert main(["report", str(run_copy)]) == 0
+    html = (run_copy / "report.html").read_text(encoding="utf-8")
+    assert budget_statuses(html) == {"flops0.7": "finished", "flops0.5": "finished", "flops0.3": "waiting"}
+    assert '<span class="stopped">not finished</span>' in html and "<td>3: 2 finished, 1 waiting</td>" in html
+    capsys.readouterr()
+    assert main(["front", str(run_copy)]) == 0
+    printed = capsys.readouterr().out
+    assert "winner (flops0.3/best_arch.json): none yet (not searched)" in printed
+    assert "flops0.3 " not in printed.split("winner (")[0]  # no point of it on the front
+
+
+def write_metrics(folder, **metrics):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+
+def finished_metrics(accuracy: float, macs_ratio: float) -> dict:
+    return {
+        "base_val_accuracy": 0.95,
+        "val_accuracy_before": 0.2,
+        "val_accuracy_after": accuracy,
+        "base_macs": 1000,
+        "macs": int(1000 * macs_ratio),
+        "macs_ratio": macs_ratio,
+        "base_params": 100,
+        "params": int(100 * macs_ratio),
+        "params_ratio": macs_ratio,
+    }
+
+
+def test_finetuned_winners_are_printed_and_plotted(run_copy, tmp_path, capsys):
+    assert finetuned_points(run_copy) == []
+    write_metrics(run_copy / "flops0.7" / "finetune", **finished_metrics(0.91, 0.698))
+    write_metrics(run_copy / "flops0.5" / "finetune", **finished_metrics(0.88, 0.5))
+    write_metrics(run_copy / "flops0.3" / "finetune", base_val_accuracy=0.95, epoch=2)  # still training
+    points = finetuned_points(run_copy)
+    assert [(p.budget, p.metric, p.score, p.macs_ratio, p.base_score) for p in points] == [
+        ("flops0.7", "val accuracy", 0.91, 0.698, 0.95),
+        ("flops0.5", "val accuracy", 0.88, 0.5, 0.95),
+    ]
+    capsys.readouterr()
+    assert main(["front", str(run_copy)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        "finetuned (flops0.7/finetune/metrics.json): val accuracy 91.00% at MACs 69.8%, params 69.8%"
+        in printed
+    )
+    assert (
+        "finetuned (flops0.5/finetune/metrics.json): val accuracy 88.00% at MACs 50.0%, params 50.0%"
+        in printed
+    )
+    assert "base model: val accuracy 95.00% at MACs 100%, params 100%" in printed
+    assert (run_copy / "front.png").read_bytes()[:8] == PNG
+    curve = plot_finetuned_curve(points, tmp_path / "curve.png")
+    assert curve == tmp_path / "curve.png" and curve.read_bytes()[:8] == PNG
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
+    with pytest.raises(ValueError, match="no finetuned points"):
+        plot_finetuned_curve([], tmp_path / "empty.png")
+
+    (run_copy / "flops0.5" / "finetune" / "metrics.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match=r"flops0.5/finetune/metrics.json: unreadable"):
+        finetuned_points(run_copy)
+    write_metrics(run_copy / "flops0.5" / "finetune", val_accuracy_after=0.9)
+    with pytest.raises(UserError, match=r"flops0.5/finetune/metrics.json: no 'macs' field"):
+        finetuned_points(run_copy)
+
+
+def test_a_single_budget_runs_finetuned_detector(tmp_path):
+    metrics = {**finished_metrics(0.0, 0.4), "base_map50": 0.6, "map50_after": 0.45}
+    del metrics["val_accuracy_after"], metrics["base_val_accuracy"]
+    write_metrics(tmp_path / "finetune", **metrics)
+    (point,) = finetuned_points(tmp_path)
+    assert (point.budget, point.metric, point.score, point.base_score) == (None, "val mAP@0.5", 0.45, 0.6)
+    assert point.score_text() == "45.00" and point.path == tmp_path / "finetune" / "metrics.json"
+    assert plot_finetuned_curve([point], tmp_path / "curve.png").read_bytes()[:8] == PNG
