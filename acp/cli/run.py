@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from acp.cli.argtypes import positive_int
-from acp.cli.search import add_budget_flags
+from acp.cli.search import add_budget_flags, add_stop_flags
 
 
 def register(commands) -> None:
@@ -24,6 +24,7 @@ def register(commands) -> None:
         "--resume", metavar="DIR", help="continue the run in DIR, whichever stage it stopped in"
     )
     add_budget_flags(run_parser)
+    add_stop_flags(run_parser)
     run_parser.add_argument(
         "--epochs", type=positive_int, help="finetuning epochs (default: [finetune].epochs)"
     )
@@ -39,7 +40,10 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from acp.cli.common import print_finetune_summary
+    from acp.settings import parse_duration
     from acp.workflows.pipeline import run_pipeline
+
+    parse_duration(args.time_limit)  # a bad duration is reported before any work
 
     result = run_pipeline(
         args.config,
@@ -49,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         params=args.params,
         latency=args.latency,
         latency_ms=args.latency_ms,
+        iterations=args.iterations,
+        time_limit=args.time_limit,
+        patience=args.patience,
+        seed=args.seed,
         epochs=args.epochs,
         distill=True if args.distill else None,
         workers=args.workers,

@@ -28,23 +28,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="new run directory")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (with DIR/config.toml)")
     add_budget_flags(parser)
-    parser.add_argument(
-        "--iterations",
-        type=_positive_int,
-        help="PSO iterations (default 30; with --time-limit and no --iterations: until the time is up; "
-        "a larger value on --resume extends a finished run)",
-    )
+    add_stop_flags(parser)
     parser.add_argument("--particles", type=_positive_int, help="particles per iteration")
     parser.add_argument(
         "--engine", choices=["pso", "random"], help="pso (default) or random search (a baseline)"
-    )
-    parser.add_argument("--seed", type=_non_negative_int, help="seed of the search")
-    parser.add_argument(
-        "--patience", type=_non_negative_int, help="stop after N iterations without improvement (0: never)"
-    )
-    parser.add_argument(
-        "--time-limit",
-        help="stop after this long, e.g. 8h, 90m, 1h30m (total over resumes; checked after each iteration)",
     )
     parser.add_argument("--workers", type=int, help="parallel local worker processes (loky)")
     parser.add_argument(
@@ -69,6 +56,25 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
         "runtime (the table is built once, cached; see `acp latency`)" + several,
     )
     parser.add_argument("--latency-ms", type=positive_floats, help="at most this many milliseconds" + several)
+
+
+def add_stop_flags(parser: argparse.ArgumentParser) -> None:
+    """--iterations, --time-limit, --patience and --seed of the search (acp search and acp run)."""
+    parser.add_argument(
+        "--iterations",
+        type=_positive_int,
+        help="PSO iterations (default 30; with --time-limit and no --iterations: until the time is up; "
+        "a larger value on --resume extends a finished run)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        help="stop the search after this long, e.g. 8h, 90m, 1h30m (total over resumes, shared equally "
+        "by several budgets; checked after each iteration)",
+    )
+    parser.add_argument(
+        "--patience", type=_non_negative_int, help="stop after N iterations without improvement (0: never)"
+    )
+    parser.add_argument("--seed", type=_non_negative_int, help="seed of the search")
 
 
 def run(args: argparse.Namespace) -> int:

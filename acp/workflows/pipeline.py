@@ -47,12 +47,21 @@ def run_pipeline(
     params: float | None = None,
     latency: float | None = None,
     latency_ms: float | None = None,
+    iterations: int | None = None,
+    time_limit: str | float | None = None,
+    patience: int | None = None,
+    seed: int | None = None,
     epochs: int | None = None,
     distill: bool | None = None,
     workers: int | None = None,
     progress: bool = False,
 ) -> PipelineResult:
-    """Search ``config`` into ``out``, finetune the winner into ``out/finetune``; or continue ``resume``."""
+    """Search ``config`` into ``out``, finetune the winner into ``out/finetune``; or continue ``resume``.
+
+    ``iterations``, ``time_limit``, ``patience`` and ``seed`` are the search's (as in
+    :func:`acp.workflows.search.search`); on ``resume`` a larger ``iterations`` or ``time_limit`` extends a
+    finished search only while no winner has been finetuned (UserError otherwise: the finetune would be of
+    an architecture that is no longer the winner)."""
     from acp.train.loop import CHECKPOINT_NAME
     from acp.workflows.finetune import finetune
     from acp.workflows.search import search
@@ -62,12 +71,18 @@ def run_pipeline(
         "params": params,
         "latency": latency,
         "latency_ms": latency_ms,
+        "iterations": iterations,
+        "time_limit": time_limit,
+        "patience": patience,
+        "seed": seed,
         "workers": workers,
         "progress": progress,
     }
     if resume is not None:
         run_dir = Path(resume)
-        rundir.read_run_settings(run_dir)  # a clear error when DIR is not a run
+        settings = rundir.read_run_settings(run_dir)  # a clear error when DIR is not a run
+        if iterations is not None or time_limit is not None:
+            _refuse_extending_a_finetuned_search(run_dir, settings)
         search_result = search(config, resume=run_dir, **options)
     else:
         if out is None or config is None:
@@ -104,3 +119,15 @@ def run_pipeline(
 
         curve = plot_finetuned_curve(finetuned_points(run_dir), run_dir / rundir.CURVE_FILE)
     return PipelineResult(run_dir, search_result, tuned, curve)
+
+
+def _refuse_extending_a_finetuned_search(run_dir: Path, settings) -> None:
+    """UserError when a budget's winner is already (being) finetuned: a longer search could change it."""
+    for folder in rundir.budget_dirs(run_dir, settings).values():
+        finetune_dir = folder / rundir.FINETUNE_DIR
+        if finetune_dir.exists():
+            raise UserError(
+                f"acp run --resume {run_dir}: --iterations/--time-limit would extend a search whose winner "
+                f"is already finetuned in {finetune_dir}; extend it with acp search --resume {run_dir} and "
+                "finetune the new winner with acp finetune"
+            )

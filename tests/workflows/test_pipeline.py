@@ -91,3 +91,16 @@ def test_run_over_several_budgets_finetunes_every_winner_and_draws_the_curve(con
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     assert (out / "history.sqlite").read_bytes() == history
     assert (out / "flops0.4" / "finetune" / "weights.pt").read_bytes() == weights
+
+
+def test_run_takes_the_search_stop_flags_and_refuses_to_extend_a_finetuned_search(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--iterations", "1", "--seed", "3", "--quiet"]) == 0
+    stored = (out / "config.toml").read_text()
+    assert "iterations = 1" in stored and "seed = 3" in stored
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--iterations", "2", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "already finetuned" in error and "acp search --resume" in error and len(error.splitlines()) == 1
+    assert main(["run", str(config), "--out", str(tmp_path / "other"), "--time-limit", "soon"]) == 2
+    assert "time" in capsys.readouterr().err and not (tmp_path / "other").exists()
