@@ -238,3 +238,31 @@ def test_a_measured_record_must_be_whole(finished, tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(UserError, match=r"latency.*missing key 'base_measured_ms'"):
         Architecture.load(path)
+
+
+def test_every_budget_of_a_latency_list_is_searched_and_its_winner_measured(tmp_path, monkeypatch):
+    from acp.workflows import latency as latency_workflow
+
+    path, problem, latency, _ = write_config(tmp_path, "latency = [0.8, 0.6]", verify_winner=True)
+    runtime = SlowerThanPredicted(latency)
+    monkeypatch.setattr(latency_workflow, "winner_meter", lambda problem: runtime)
+    result = search(path, out=tmp_path / "run", iterations=1)
+
+    assert list(result.results) == ["latency0.8", "latency0.6"]
+    full = problem.space.full_widths()
+    for label, limit in (("latency0.8", 0.8), ("latency0.6", 0.6)):
+        rows = store.History(tmp_path / "run" / store.HISTORY_FILE, budget=label).rows()
+        assert rows and np.all(
+            latency(np.array([row["widths"] for row in rows])) <= limit * latency.base_ms + 1e-12
+        )
+        arch = Architecture.load(tmp_path / "run" / label / "best_arch.json")
+        widths = np.array(list(arch.widths.values()))
+        measured = runtime.model_rounds(np.vstack([full, widths]))
+        assert arch.latency["measured_ratio"] == pytest.approx(measured[1] / measured[0])
+        assert arch.latency["measured_ratio"] <= limit * 1.02 and arch.latency["measured_budget_met"] is True
+        assert result.results[label].architecture == arch
+    assert "latency" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+
+    calls = runtime.calls
+    search(resume=tmp_path / "run")  # finished, every winner measured: nothing is timed again
+    assert runtime.calls == calls
