@@ -9,6 +9,7 @@ screenshot there (the one in docs/ is made so); otherwise it goes to the test's 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,33 @@ def browser_or_skip():
     return sync_playwright
 
 
+@contextmanager
+def opened_in_browser(report: Path):
+    """The page of ``report`` loaded in headless chromium (1280 x 800); on leaving, it had no console
+    errors, no page errors and made no request beyond its own file and inline data."""
+    sync_playwright = browser_or_skip()
+    problems, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(report.as_uri(), wait_until="load")
+            yield page
+        finally:
+            browser.close()
+    assert problems == []
+    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+
+
+def column_values(page, column: int) -> list[float]:
+    """The sort values of the top table's ``column`` (1-based), top to bottom."""
+    cells = page.locator(f"#top-table tbody tr td:nth-child({column})")
+    return [float(value) for value in cells.evaluate_all("tds => tds.map(td => td.dataset.value)")]
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     space = build_space(IDENTITY, {})[1]
@@ -58,60 +86,36 @@ def report(tmp_path_factory) -> Path:
 
 
 def test_the_report_in_a_headless_browser(report, tmp_path):
-    sync_playwright = browser_or_skip()
     screenshot = Path(os.environ.get("ACP_REPORT_SCREENSHOT") or tmp_path / "report.png")
-    problems, requests = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on(
-                "console",
-                lambda message: message.type == "error" and problems.append(message.text),
-            )
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(report.as_uri(), wait_until="load")
+    with opened_in_browser(report) as page:
+        images = page.locator("img")
+        assert images.count() == 3
+        for index in range(images.count()):
+            image = images.nth(index)
+            box = image.bounding_box()
+            assert box is not None and box["width"] > 800 and box["height"] > 200, box
+            assert image.evaluate("img => img.complete && img.naturalWidth > 0")  # the SVG decoded
 
-            images = page.locator("img")
-            assert images.count() == 3
-            for index in range(images.count()):
-                image = images.nth(index)
-                box = image.bounding_box()
-                assert box is not None and box["width"] > 800 and box["height"] > 200, box
-                assert image.evaluate("img => img.complete && img.naturalWidth > 0")  # the SVG decoded
+        def column(name: str) -> list[float]:
+            return column_values(page, page.locator("#top-table thead th").all_inner_texts().index(name) + 1)
 
-            def column(name: str) -> list[float]:
-                index = page.locator("#top-table thead th").all_inner_texts().index(name)
-                cells = page.locator(f"#top-table tbody tr td:nth-child({index + 1})")
-                return [
-                    float(value) for value in cells.evaluate_all("tds => tds.map(td => td.dataset.value)")
-                ]
+        by_score = column("score")
+        assert by_score == sorted(by_score, reverse=True) and len(by_score) == 30
+        before = column("MACs %")
+        page.locator("#top-table thead th", has_text="MACs %").click()
+        after = column("MACs %")
+        assert after == sorted(before) and after != before
+        assert (
+            page.locator("#top-table thead th", has_text="MACs %").get_attribute("aria-sort") == "ascending"
+        )
+        page.locator("#top-table thead th", has_text="MACs %").click()
+        assert column("MACs %") == sorted(before, reverse=True)
+        page.locator("#top-table thead th", has_text="#").click()  # back to rank order for the picture
 
-            by_score = column("score")
-            assert by_score == sorted(by_score, reverse=True) and len(by_score) == 30
-            before = column("MACs %")
-            page.locator("#top-table thead th", has_text="MACs %").click()
-            after = column("MACs %")
-            assert after == sorted(before) and after != before
-            assert (
-                page.locator("#top-table thead th", has_text="MACs %").get_attribute("aria-sort")
-                == "ascending"
-            )
-            page.locator("#top-table thead th", has_text="MACs %").click()
-            assert column("MACs %") == sorted(before, reverse=True)
-            page.locator("#top-table thead th", has_text="#").click()  # back to rank order for the picture
-
-            bottom = page.locator("#widths").evaluate("node => node.getBoundingClientRect().bottom + scrollY")
-            page.screenshot(
-                path=str(screenshot),
-                full_page=True,
-                clip={"x": 0, "y": 0, "width": 1280, "height": bottom + 20},
-            )
-        finally:
-            browser.close()
-    assert problems == []
-    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+        bottom = page.locator("#widths").evaluate("node => node.getBoundingClientRect().bottom + scrollY")
+        page.screenshot(
+            path=str(screenshot), full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": bottom + 20}
+        )
     assert screenshot.stat().st_size > 20_000
     with screenshot.open("rb") as stream:
         assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -149,32 +153,15 @@ def multi_budget_report(tmp_path_factory) -> Path:
 
 
 def test_a_multi_budget_report_in_a_headless_browser(multi_budget_report):
-    sync_playwright = browser_or_skip()
-    problems, requests = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on(
-                "console",
-                lambda message: message.type == "error" and problems.append(message.text),
-            )
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(multi_budget_report.as_uri(), wait_until="load")
-            images = page.locator("img")
-            assert images.count() == 3
-            for index in range(images.count()):
-                assert images.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
-            statuses = page.locator("#budgets-table tr td:nth-child(3)").all_inner_texts()
-            assert [text.split(":")[0] for text in statuses] == ["finished", "finished", "waiting"]
-            header = page.locator("#top-table thead th").all_inner_texts()
-            assert header[1].strip() == "budget"
-            page.locator("#top-table thead th", has_text="budget").click()
-            cells = page.locator("#top-table tbody tr td:nth-child(2)")
-            order = [float(value) for value in cells.evaluate_all("tds => tds.map(td => td.dataset.value)")]
-            assert order == sorted(order) and set(order) == {0.0, 1.0}
-        finally:
-            browser.close()
-    assert problems == []
-    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+    with opened_in_browser(multi_budget_report) as page:
+        images = page.locator("img")
+        assert images.count() == 3
+        for index in range(images.count()):
+            assert images.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
+        statuses = page.locator("#budgets-table tr td:nth-child(3)").all_inner_texts()
+        assert [text.split(":")[0] for text in statuses] == ["finished", "finished", "waiting"]
+        header = page.locator("#top-table thead th").all_inner_texts()
+        assert header[1].strip() == "budget"
+        page.locator("#top-table thead th", has_text="budget").click()
+        order = column_values(page, 2)
+        assert order == sorted(order) and set(order) == {0.0, 1.0}
