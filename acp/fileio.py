@@ -19,13 +19,13 @@ import torch
 from acp.errors import UserError
 
 
-def require_fresh_output(path: str | os.PathLike, hint: str) -> Path:
-    """``--out`` must be a new or empty directory: UserError otherwise (``hint`` says what to do)."""
+def require_fresh_output(path: str | os.PathLike, hint: str, *, flag: str = "--out") -> Path:
+    """``flag``'s directory must be new or empty: UserError otherwise (``hint`` says what to do)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} is a file, not a directory; {hint}")
+        raise UserError(f"{flag} {path} is a file, not a directory; {hint}")
     if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"--out {path} exists and is not empty; {hint}")
+        raise UserError(f"{flag} {path} exists and is not empty; {hint}")
     return path
 
 

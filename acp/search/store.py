@@ -75,16 +75,37 @@ class History:
 
     ``budget`` (a label) makes this a view of one search of a multi-budget run: rows added carry it, and
     :meth:`rows`, :meth:`truncate` and ``len()`` see only its rows. None: every row (a single-budget run,
-    or a reader of the whole run)."""
+    or a reader of the whole run).
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False, budget: str | None = None):
+    ``read_only`` (``acp report``, ``acp front``, report.html): nothing is written or migrated (a file
+    without write permission is opened in SQLite's read-only mode); a history from before the budget
+    column (or the finalists table) reads as rows of no budget (and no finalists), so a reader leaves the
+    file as it found it and an older acp can still read it."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        create: bool = False,
+        budget: str | None = None,
+        read_only: bool = False,
+    ):
         self.path = Path(path)
         self.budget = budget
+        self.read_only = read_only
+        self._budget_column = self._finalists_table = True
+        if read_only and create:
+            raise ValueError("a history cannot be created read-only")
         if not create and not self.path.is_file():
             raise UserError(f"{self.path}: history database not found")
         try:
-            self._db = sqlite3.connect(self.path)
-            self._db.execute("PRAGMA synchronous=FULL")
+            writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+            if read_only and not writable:  # (a writable file is opened normally: SQLite may need to
+                # roll back what a killed writer left in its journal before the rows can be read)
+                self._db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            else:
+                self._db = sqlite3.connect(self.path)
+                self._db.execute("PRAGMA synchronous=FULL")
             if create:
                 columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
                 with self._db:
@@ -92,12 +113,15 @@ class History:
                         f"CREATE TABLE IF NOT EXISTS evaluations (id INTEGER PRIMARY KEY, {columns})"
                     )
             self._check()
-            finalist_columns = ", ".join(f"{name} {kind}" for name, kind in FINALIST_COLUMNS)
-            with self._db:  # histories written before re-ranking existed get the (empty) table here
-                self._db.execute(
-                    f"CREATE TABLE IF NOT EXISTS finalists (id INTEGER PRIMARY KEY, {finalist_columns}, "
-                    "UNIQUE (evaluator, widths))"
-                )
+            if read_only:
+                self._finalists_table = self._has_table("finalists")
+            else:
+                finalist_columns = ", ".join(f"{name} {kind}" for name, kind in FINALIST_COLUMNS)
+                with self._db:  # histories written before re-ranking existed get the (empty) table here
+                    self._db.execute(
+                        f"CREATE TABLE IF NOT EXISTS finalists (id INTEGER PRIMARY KEY, {finalist_columns}, "
+                        "UNIQUE (evaluator, widths))"
+                    )
         except sqlite3.DatabaseError as error:
             raise UserError(
                 f"{self.path} is corrupted or not an acp history database: {one_line(error)}"
@@ -109,8 +133,12 @@ class History:
             raise sqlite3.DatabaseError(verdict)
         found = [row[1] for row in self._db.execute("PRAGMA table_info(evaluations)")]
         if found[1:] == list(COLUMN_NAMES[:-1]) and COLUMN_NAMES[-1] == "budget":
-            with self._db:  # a history from before multi-budget runs: its rows are one budget's (NULL)
-                self._db.execute("ALTER TABLE evaluations ADD COLUMN budget TEXT")
+            # a history from before multi-budget runs: its rows are one budget's (NULL)
+            if self.read_only:
+                self._budget_column = False
+            else:
+                with self._db:
+                    self._db.execute("ALTER TABLE evaluations ADD COLUMN budget TEXT")
             found.append("budget")
         if found[1:] != list(COLUMN_NAMES):
             raise sqlite3.DatabaseError("table 'evaluations' is missing or has other columns")
@@ -139,19 +167,32 @@ class History:
             cursor = self._db.execute(query, arguments)
         return cursor.rowcount
 
+    def _has_table(self, name: str) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self._db.execute(query, (name,)).fetchone() is not None
+
     def _where(self) -> tuple[str, tuple]:
-        return ("", ()) if self.budget is None else (" WHERE budget = ?", (self.budget,))
+        if self.budget is None:
+            return "", ()
+        if not self._budget_column:  # an old history read as it is: none of its rows has a budget
+            return " WHERE 0", ()
+        return " WHERE budget = ?", (self.budget,)
 
     def budgets(self) -> list[str | None]:
         """The budget labels of the rows, in the order they first appear (None: a single-budget run's)."""
+        if not self._budget_column:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()
+            return [None] if count else []
         cursor = self._db.execute("SELECT budget FROM evaluations GROUP BY budget ORDER BY MIN(id)")
         return [value for (value,) in cursor]
 
     def rows(self) -> list[dict]:
         where, arguments = self._where()
-        cursor = self._db.execute(
-            f"SELECT {', '.join(COLUMN_NAMES)} FROM evaluations{where} ORDER BY id", arguments
+        columns = ", ".join(
+            "NULL AS budget" if name == "budget" and not self._budget_column else name
+            for name in COLUMN_NAMES
         )
+        cursor = self._db.execute(f"SELECT {columns} FROM evaluations{where} ORDER BY id", arguments)
         out = []
         for values in cursor:
             row = dict(zip(COLUMN_NAMES, values))
@@ -172,6 +213,8 @@ class History:
 
     def finalists(self, evaluator: str | None = None) -> list[dict]:
         """Finalist rows in the order they were scored (only ``evaluator``'s when given)."""
+        if not self._finalists_table:
+            return []
         query = f"SELECT {', '.join(FINALIST_COLUMN_NAMES)} FROM finalists"
         arguments: tuple = ()
         if evaluator is not None:

@@ -154,7 +154,9 @@ class Study:
         self.history_path = Path(run_dir) / store.HISTORY_FILE if history is None else Path(history)
         self.budget_label = budget_label
         self.resume_dir = Path(run_dir) if resume_dir is None else Path(resume_dir)
-        # another search's winner to start particle 2 from (settings.warm_start in a multi-budget run)
+        # another search's winner to start particle 2 from (settings.warm_start in a multi-budget run); not
+        # in the fingerprint: it only places the first iteration's particles, which a checkpoint restores,
+        # and a resume that extends the previous budget's search may change that winner
         self.warm_widths = None if warm_widths is None else np.asarray(warm_widths, dtype=np.int64)
         self.on_iteration = on_iteration
         self._checkpointed: dict | None = None
@@ -180,7 +182,6 @@ class Study:
                 for group in space.groups
             ],
             "proposal": None if self.proposal_widths is None else self.proposal_widths.tolist(),
-            **({} if self.warm_widths is None else {"warm_start": self.warm_widths.tolist()}),
             "evaluator": getattr(evaluator, "token", None),
             **(fingerprint or {}),
         }

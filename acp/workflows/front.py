@@ -25,7 +25,8 @@ the base model's; the printout and the plot show them, and :func:`plot_finetuned
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,7 @@ class RunFront:
     budget_label: str
     labels: tuple[str, ...] = ()  # the budgets of a multi-budget run, in the config's order; () for one
     finetuned: tuple[FinetunedPoint, ...] = ()
+    no_winner: Mapping[str, str] = field(default_factory=dict)  # label -> why it has no best_arch.json yet
 
     @property
     def multiple(self) -> bool:
@@ -204,7 +206,7 @@ class RunFront:
             shown = path.relative_to(self.run_dir).as_posix()
             if not path.is_file():
                 if label is not None:
-                    lines.append(f"winner ({shown}): none yet (not searched)")
+                    lines.append(f"winner ({shown}): {self.no_winner.get(label, 'none yet')}")
                 continue
             winner = self.point_of([group.width for group in Architecture.load(path).groups])
             if winner is None:
@@ -307,7 +309,21 @@ def read_front(run_dir: str | Path) -> RunFront:
         view.budget_label,
         labels=tuple(part.label for part in view.budgets) if view.multiple else (),
         finetuned=tuple(finetuned_points(run_dir)),
+        no_winner={part.label: _why_no_winner(part, view.rows) for part in view.budgets}
+        if view.multiple
+        else {},
     )
+
+
+def _why_no_winner(part, rows: Sequence[dict]) -> str:
+    """Why a budget has no ``best_arch.json``: not started, still searching, or every evaluation failed."""
+    own = [row for row in rows if row.get("budget") == part.label]
+    if not own:
+        return "none yet (not searched)"
+    failed = sum(row["score"] is None for row in own)
+    if failed == len(own) and part.state is not None and part.state.get("stopped"):
+        return f"none (all {failed} evaluations failed; see report.html for the reasons)"
+    return f"none yet ({part.status}: {len(own)} evaluations, {failed} failed)"
 
 
 def plot_front(front: RunFront, path: str | Path) -> Path:
@@ -425,7 +441,7 @@ def export_front(front: RunFront, out_dir: str | Path) -> list[Path]:
     from acp.workflows.problem import load_problem
 
     run_dir, out_dir = front.run_dir, Path(out_dir)
-    require_fresh_output(out_dir, "pick a new directory for acp front --export")
+    require_fresh_output(out_dir, "pick a new directory", flag="--export")
     settings = rundir.read_run_settings(run_dir, flag="acp front")
     problem = load_problem(rundir.structure_only(settings), random_weights=True)
     space = problem.space

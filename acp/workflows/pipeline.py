@@ -92,15 +92,15 @@ def run_pipeline(
     if search_result.stopped == "interrupted":
         raise UserError(f"{run_dir}: the search was interrupted; continue it with acp run --resume {run_dir}")
     results = getattr(search_result, "results", {None: search_result})
-    for label, result in results.items():
-        if result.best is None:
-            which = "" if label is None else f" under budget {label}"
-            raise UserError(
-                f"{run_dir}: the search{which} found no usable architecture (all evaluations failed)"
-            )
+    found = [label for label, result in results.items() if result.best is not None]
+    if not found:
+        which = "" if list(results) == [None] else " under any budget"
+        raise UserError(f"{run_dir}: the search{which} found no usable architecture (all evaluations failed)")
+    for label in sorted(set(results) - set(found), key=list(results).index):
+        log.warning("budget %s: every evaluation failed, so it has no winner to finetune", label)
 
     tuned = {}
-    for label in results:
+    for label in found:
         folder = rundir.budget_dir(run_dir, label)
         finetune_dir = folder / rundir.FINETUNE_DIR
         if label is not None:

@@ -113,7 +113,7 @@ def read_run(
     run_dir = Path(run_dir)
     require_run_directory(run_dir)
     notes = list(notes)
-    history = store.History(run_dir / store.HISTORY_FILE)
+    history = store.History(run_dir / store.HISTORY_FILE, read_only=True)
     try:
         rows, finalists = history.rows(), history.finalists()
     finally:
@@ -317,7 +317,7 @@ def budget_labels(run_dir: str | Path, settings=None, rows: Sequence[dict] | Non
         return None
     if rows is None:
         try:
-            history = store.History(run_dir / store.HISTORY_FILE)
+            history = store.History(run_dir / store.HISTORY_FILE, read_only=True)
         except UserError:  # missing or unreadable: whoever reads the rows says so
             return None
         try:

@@ -102,13 +102,7 @@ def _status(view) -> str:
         items.append((winner["what"], escape(_candidate_line(view, winner))))
         measured = (winner.get("latency") or {}).get("measured_ms")
         if measured is not None:
-            base = winner["latency"].get("base_measured_ms")
-            items.append(
-                (
-                    "measured latency",
-                    escape(f"{measured:.3g} ms" + (f" (base {base:.3g} ms)" if base else "")),
-                )
-            )
+            items.append(("measured latency", escape(_measured_latency(winner["latency"]))))
     finalists = state.get("finalists") or []
     if finalists and state.get("chosen"):
         chosen = state["chosen"]
@@ -200,10 +194,16 @@ def _budgets(view) -> str:
         winner = part.winner
         if winner is not None and winner.get("widths") is not None:
             score = "" if winner.get("score") is None else f"score {winner['score']:.4f}, "
+            measured = winner.get("latency") or {}
             cells.append(
                 escape(
                     f"{winner['what']}: {score}MACs {_percent(winner.get('macs'), view.base_macs)}, "
                     f"params {_percent(winner.get('params'), view.base_params)}"
+                    + (
+                        ""
+                        if measured.get("measured_ms") is None
+                        else f", measured latency {_measured_latency(measured)}"
+                    )
                 )
             )
         else:
@@ -626,6 +626,15 @@ def _candidate_line(view, record: dict) -> str:
 
 def _ratio(value, base):
     return None if value is None or not base else value / base
+
+
+def _measured_latency(record: dict) -> str:
+    """A winner's measured latency, as ``best_arch.json``'s latency record has it."""
+    base = record.get("base_measured_ms")
+    text = f"{record['measured_ms']:.3g} ms" + (f" (base {base:.3g} ms)" if base else "")
+    if record.get("measured_budget_met") is False:
+        text += ", measured budget NOT met"
+    return text
 
 
 def _percent(value, base) -> str:

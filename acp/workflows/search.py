@@ -186,7 +186,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool):
             time_limit=search_settings.time_limit_seconds / len(budgets)
         )
     backend = _SharedBackend(evaluator, search_settings) if multiple else None
-    results, warm = {}, None
+    results, warm, latency_notes = {}, None, []
     try:
         for label, budget in budgets.items():
             folder = folders[label]
@@ -202,7 +202,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool):
                 fingerprint={"data": proxy_data.description, **_latency_fingerprint(latency_model)},
                 finalist_evaluator=finalist_evaluator,
                 finalists=settings.rerank.finalists,
-                on_iteration=live_report if not multiple else _whole_run(live_report),
+                on_iteration=live_report if not multiple else _whole_run(live_report, latency_notes),
                 history=run_dir / rundir.HISTORY_FILE,
                 budget_label=label,
                 resume_dir=run_dir,
@@ -231,11 +231,11 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool):
                     architecture=architecture,
                     evaluators=(evaluator, finalist_evaluator),
                 )
-                if (
-                    result.latency_check is not None
-                ):  # best_arch.json was measured (and maybe shrunk): show it
+                if result.latency_check is not None:  # best_arch.json was measured (maybe shrunk): show it
+                    lines = result.latency_check.lines()
+                    latency_notes += [f"{label}: {line}" for line in lines] if multiple else lines
                     status = "running" if multiple and label != list(budgets)[-1] else "finished"
-                    live_report(None, status, notes=result.latency_check.lines())
+                    live_report(None, status, notes=latency_notes)
             results[label] = result
             warm = None if result.best is None else result.best["widths"]
     finally:
@@ -243,7 +243,7 @@ def _run(settings: RunSettings, run_dir: Path, *, resume: bool, progress: bool):
             backend.close()
     if not multiple:
         return results[None]
-    live_report(None, "finished")
+    live_report(None, "finished", notes=latency_notes)  # the page keeps every budget's latency check
     return MultiBudgetResult(run_dir, results)
 
 
@@ -312,11 +312,12 @@ class _SharedBackend:
             self.backend = None
 
 
-def _whole_run(live_report):
-    """A budget's on_iteration hook in a multi-budget run: the page shows every budget, read from disk."""
+def _whole_run(live_report, notes: list[str]):
+    """A budget's on_iteration hook in a multi-budget run: the page shows every budget, read from disk, and
+    ``notes`` (the earlier budgets' latency checks, as they are added)."""
 
     def on_iteration(state, status):
-        live_report(None, "running" if status == "finished" else status)
+        live_report(None, "running" if status == "finished" else status, notes=notes)
 
     return on_iteration
 

@@ -92,6 +92,7 @@ def test_acp_front_prints_plots_and_exports_the_front(real_run, tmp_path, capsys
     if winner in exported:  # the same widths keep the same channels as the search chose
         assert [g.keep for g in exported[winner].groups] == [g.keep for g in best.groups]
     assert main(["front", str(real_run), "--export", str(out)]) == 2  # never overwrites
+    assert f"--export {out} exists and is not empty" in capsys.readouterr().err
 
 
 def test_front_of_a_directory_that_is_no_run_is_exit_2(tmp_path, capsys):

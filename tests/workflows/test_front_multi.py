@@ -131,6 +131,20 @@ def test_a_run_interrupted_before_its_last_budget(run_copy, capsys):
     assert "flops0.3 " not in printed.split("winner (")[0]  # no point of it on the front
 
 
+def test_a_budget_whose_evaluations_all_failed_says_so(run_copy, capsys):
+    (run_copy / "flops0.3" / "best_arch.json").unlink()
+    with sqlite3.connect(run_copy / "history.sqlite") as db:
+        failed = db.execute(
+            "UPDATE evaluations SET score = NULL, status = 'failed' WHERE budget = 'flops0.3'"
+        ).rowcount
+    db.close()
+    assert main(["front", str(run_copy)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"winner (flops0.3/best_arch.json): none (all {failed} evaluations failed; see report.html" in printed
+    )
+
+
 def write_metrics(folder, **metrics):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")

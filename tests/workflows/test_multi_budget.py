@@ -235,3 +235,40 @@ def test_warm_start_starts_particle_2_from_the_previous_budgets_winner(workspace
         alone = [row for row in history_rows(multi_run, label) if row[0] == "0"]
         assert json.loads(first[2][2]) == expected, label
         assert first[:2] == alone[:2], label  # the proposal and the uniform particle are unchanged
+
+    # a finished warm-started run extends on resume, though a longer first search may change its winner
+    assert main(["search", "--resume", str(out), "--iterations", "6", "--quiet"]) == 0
+    for label in LABELS:
+        assert {int(row[0]) for row in history_rows(out, label)} == set(range(6)), label
+        assert store.read_checkpoint(out / label)["study"]["iteration"] == 6
+
+
+def test_a_reader_leaves_an_old_history_as_it_found_it(tmp_path):
+    path = tmp_path / "history.sqlite"
+    old_columns = ", ".join(f"{name} {kind}" for name, kind in store.COLUMNS if name != "budget")
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE evaluations (id INTEGER PRIMARY KEY, {old_columns})")
+        db.execute(
+            "INSERT INTO evaluations (iteration, particle, widths, score, status) "
+            "VALUES (0, 0, '[4, 4]', 0.5, 'ok')"
+        )
+    db.close()
+    before = path.read_bytes()
+    for history in (store.History(path, read_only=True), store.History(path, read_only=True, budget="x")):
+        try:
+            expected = [] if history.budget else [([4, 4], None, 0.5)]
+            assert [(row["widths"], row["budget"], row["score"]) for row in history.rows()] == expected
+            assert history.finalists() == [] and len(history) == len(expected)
+            assert history.budgets() == [None]
+        finally:
+            history.close()
+    assert path.read_bytes() == before
+    path.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:  # a read-only copy opens in SQLite's read-only mode (a root user could write it anyway)
+        history = store.History(path, read_only=True)
+        assert len(history.rows()) == 1
+        history.close()
+    finally:
+        tmp_path.chmod(0o755)
+    assert path.read_bytes() == before

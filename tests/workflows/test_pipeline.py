@@ -104,3 +104,26 @@ def test_run_takes_the_search_stop_flags_and_refuses_to_extend_a_finetuned_searc
     assert "already finetuned" in error and "acp search --resume" in error and len(error.splitlines()) == 1
     assert main(["run", str(config), "--out", str(tmp_path / "other"), "--time-limit", "soon"]) == 2
     assert "time" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_a_budget_without_a_winner_does_not_stop_the_others_finetune(config, tmp_path, monkeypatch, caplog):
+    import dataclasses
+
+    from acp.workflows import search as search_workflow
+
+    real = search_workflow.search
+
+    def second_budget_all_failed(*args, **kwargs):  # as if every evaluation under flops0.4 had failed
+        result = real(*args, **kwargs)
+        result.results["flops0.4"] = dataclasses.replace(
+            result.results["flops0.4"], best=None, proxy_best=None, finalists=[]
+        )
+        return result
+
+    monkeypatch.setattr(search_workflow, "search", second_budget_all_failed)
+    out = tmp_path / "run"
+    flags = ["--flops", "0.7,0.4", "--iterations", "1", "--quiet"]
+    assert main(["run", str(config), "--out", str(out), *flags]) == 0
+    assert (out / "flops0.7" / "finetune" / "weights.pt").is_file()
+    assert not (out / "flops0.4" / "finetune").exists() and (out / "curve.png").is_file()
+    assert "budget flops0.4: every evaluation failed" in caplog.text
