@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from acp.cli.argtypes import non_negative_int
+
+DEFAULT_ROWS = 24  # a laptop screen's worth; a multi-budget run's front has hundreds of points
+
 
 def register(commands) -> None:
     parser = commands.add_parser(
@@ -18,6 +22,12 @@ def register(commands) -> None:
     parser.add_argument("run", metavar="RUN", help="a search run directory (acp search --out RUN)")
     parser.add_argument("--export", metavar="DIR", help="new directory for the front's architecture files")
     parser.add_argument("--plot", metavar="FILE", help="write the plot to FILE instead of RUN/front.png")
+    parser.add_argument(
+        "--rows",
+        type=non_negative_int,
+        default=DEFAULT_ROWS,
+        help=f"print at most N of the front's architectures, spread over it (default {DEFAULT_ROWS}; 0: all)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -27,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from acp.workflows.front import FRONT_PLOT_FILE, export_front, plot_front, read_front
 
     front = read_front(args.run)
+    shown = len(front.shown(args.rows))
     print(
         f"{len(front.optimal)} Pareto-optimal of {len(front.points)} distinct architectures "
-        f"({front.budget_label}; ratios of the base model):"
+        f"({front.budget_label}; ratios of the base model)"
+        + (":" if shown == len(front.optimal) else f"; {shown} of them, spread over it (--rows 0: all):")
     )
-    for line in front.table_lines() + front.winner_lines() + front.finetuned_lines():
+    for line in front.table_lines(args.rows) + front.winner_lines() + front.finetuned_lines():
         print(line)
     print(f"plot: {plot_front(front, args.plot or Path(args.run) / FRONT_PLOT_FILE)}")
     if args.export:

@@ -171,9 +171,33 @@ class RunFront:
     def optimal(self) -> list[FrontPoint]:
         return [point for point in self.points if point.on_front]
 
-    def table_lines(self) -> list[str]:
-        """The Pareto-optimal architectures, one line each (the ``acp front`` printout); a multi-budget run's
-        have a ``budget`` column."""
+    def shown(self, rows: int | None = None) -> list[tuple[int, FrontPoint]]:
+        """``(number, point)`` of the front points to print (number: 1-based, as ``export_front`` names the
+        files), at most ``rows`` (None or 0: all). A longer front keeps its shape: each budget gets an equal
+        share of the rows, spread evenly over its points from the fewest params to the most, and always
+        shows its best-scoring point."""
+        numbered = list(enumerate(self.optimal, 1))
+        if not rows or len(numbered) <= rows:
+            return numbered
+        by_budget: dict[str, list[tuple[int, FrontPoint]]] = {}
+        for item in numbered:
+            by_budget.setdefault(item[1].budget, []).append(item)
+        share, extra = divmod(rows, len(by_budget))
+        chosen: set[int] = set()
+        for index, items in enumerate(by_budget.values()):
+            quota = max(1, share + (index < extra))
+            items = sorted(items, key=lambda item: (item[1].params, item[1].macs))
+            best = max(items, key=lambda item: item[1].score)[0]
+            spread = np.linspace(0, len(items) - 1, quota).round().astype(int) if quota > 1 else []
+            picked = {items[i][0] for i in spread} | {best}
+            while len(picked) > quota:  # the best point replaced one of the spread
+                picked.discard(min(picked - {best}, key=lambda number: abs(number - best)))
+            chosen |= picked
+        return [item for item in numbered if item[0] in chosen]
+
+    def table_lines(self, rows: int | None = None) -> list[str]:
+        """The Pareto-optimal architectures, one line each (the ``acp front`` printout; at most ``rows``,
+        see :meth:`shown`); a multi-budget run's have a ``budget`` column."""
         latency = self.base_ms is not None
         width = max((len(label) for label in self.labels), default=0)
         head = (
@@ -184,7 +208,7 @@ class RunFront:
             + "proxy score  finalist   iter/part"
         )
         lines = [head]
-        for number, point in enumerate(self.optimal, 1):
+        for number, point in self.shown(rows):
             budget = f"{point.budget:<{width}}  " if self.multiple else ""
             ms = f"{point.latency_ms / self.base_ms:8.1%}  " if latency and point.latency_ms else ""
             finalist = "-" if point.finalist_score is None else f"{point.finalist_score:.4f}"

@@ -52,6 +52,29 @@ def test_latency_counts_only_when_every_point_has_one():
     assert [p.on_front for p in front_points(rows, latency_ms=[2.0, None])] == [True, False]
 
 
+def test_a_long_front_is_printed_spread_over_each_budget_with_its_best():
+    from pathlib import Path
+
+    from acp.workflows.front import FrontPoint, RunFront
+
+    def point(budget, params, score):
+        return FrontPoint((params,), score, 100, params, None, budget, 0, 0, None, True)
+
+    # budget "a": 10 points, its best score in the middle; budget "b": 3 points
+    points = [point("a", params, -abs(params - 5.2)) for params in range(10)]
+    points += [point("b", 20 + params, float(params)) for params in range(3)]
+    front = RunFront(Path("run"), points, 1000, 100, None, "2 budgets", labels=("a", "b"))
+    assert [number for number, _ in front.shown(0)] == list(range(1, 14)) == [n for n, _ in front.shown(13)]
+    shown = front.shown(6)
+    numbers = [number for number, _ in shown]
+    assert numbers == sorted(numbers) and len(shown) == 6
+    assert [p.params for _, p in shown if p.budget == "a"] == [0, 5, 9]  # both ends and the best
+    assert [p.params for _, p in shown if p.budget == "b"] == [20, 21, 22]
+    assert [p.params for _, p in front.shown(2)] == [5, 22]  # one row each: its best
+    lines = front.table_lines(6)
+    assert len(lines) == 7 and lines[2].split()[:2] == ["6", "a"]  # the front's own numbers
+
+
 def test_pareto_optimal_keeps_ties_and_drops_the_dominated():
     costs = np.array([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [0.5, 3.0]])
     scores = np.array([0.5, 0.5, 0.4, 0.5])

@@ -209,3 +209,18 @@ def test_a_single_budget_runs_finetuned_detector(tmp_path):
     assert (point.budget, point.metric, point.score, point.base_score) == (None, "val mAP@0.5", 0.45, 0.6)
     assert point.score_text() == "45.00" and point.path == tmp_path / "finetune" / "metrics.json"
     assert plot_finetuned_curve([point], tmp_path / "curve.png").read_bytes()[:8] == PNG
+
+
+def test_acp_front_rows_bounds_the_printout(multi_run, capsys):
+    assert main(["front", str(multi_run), "--rows", "0"]) == 0
+    every = capsys.readouterr().out.splitlines()
+    total = int(every[0].split()[0])
+    assert total > 3 and every[0].endswith("ratios of the base model):")
+    on_front = {line.split()[1] for line in every[2 : 2 + total]}
+    assert main(["front", str(multi_run), "--rows", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{total} Pareto-optimal")
+    assert printed[0].endswith("; 3 of them, spread over it (--rows 0: all):")
+    assert {line.split()[1] for line in printed[2:5]} == on_front  # every budget on the front is shown
+    assert printed[5].startswith("winner (")
+    assert main(["front", str(multi_run), "--rows", "-1"]) == 2
