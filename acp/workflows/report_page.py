@@ -248,7 +248,7 @@ def _progress_plot(view) -> str:
 
     if not view.ok_rows:
         return '<section id="progress"><h2>Progress</h2><p>No successful evaluation yet.</p></section>'
-    figure = _figure(2, height=3.3)
+    figure = _figure(2, height=3.3, right=1.1 if view.multiple else 0.2)  # (room for the budgets' legend)
     by_evaluation, by_time = figure.axes
     single = np.array(elapsed_per_iteration(view.state))
     timelines = _timelines(view) if view.multiple else {}  # {budget: its iterations' end times}
@@ -280,7 +280,10 @@ def _progress_plot(view) -> str:
                 axes.axhline(record["score"], linestyle=style, color="gray", linewidth=1, label=label)
         axes.set_ylabel("proxy score")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right", fontsize=8)
+        if not view.multiple:
+            axes.legend(loc="lower right", fontsize=8)
+    if view.multiple:  # one legend for both, beside them: inside, it hid a budget's line
+        by_time.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0.0)
     time_label = "search time of the run, budget after budget" if view.multiple else "search time"
     by_evaluation.set(
         xlabel="evaluations" + (" of each budget" if view.multiple else ""),
