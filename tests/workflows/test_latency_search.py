@@ -261,7 +261,9 @@ def test_every_budget_of_a_latency_list_is_searched_and_its_winner_measured(tmp_
         assert arch.latency["measured_ratio"] == pytest.approx(measured[1] / measured[0])
         assert arch.latency["measured_ratio"] <= limit * 1.02 and arch.latency["measured_budget_met"] is True
         assert result.results[label].architecture == arch
-    assert "latency" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert page.count(", measured latency ") == 2  # each budget's winner cell, from its best_arch.json
+    assert "latency0.8: " in page and "latency0.6: " in page  # both budgets' latency checks in the notes
 
     calls = runtime.calls
     search(resume=tmp_path / "run")  # finished, every winner measured: nothing is timed again
