@@ -139,6 +139,11 @@ class FinetunedPoint:
     params_ratio: float
     base_score: float | None
     path: Path  # the metrics.json
+    # measured CPU speed-up over the base model per batch size, as the finetune timed it: ((1, 1.10), ...)
+    speedups: tuple[tuple[int, float], ...] = ()
+
+    def speedup(self, batch: int) -> float | None:
+        return dict(self.speedups).get(batch)
 
     def score_text(self, score: float | None = None) -> str:
         """``score`` (default: the point's) as the finetune summary words it: 91.20% or mAP 45.20."""
@@ -249,6 +254,7 @@ class RunFront:
         lines = [
             f"finetuned ({point.path.relative_to(self.run_dir).as_posix()}): {point.metric} "
             f"{point.score_text()} at MACs {point.macs_ratio:.1%}, params {point.params_ratio:.1%}"
+            + _speedup_text(point)
             for point in self.finetuned
         ]
         base = next((point for point in self.finetuned if point.base_score is not None), None)
@@ -257,6 +263,26 @@ class RunFront:
                 f"base model: {base.metric} {base.score_text(base.base_score)} at MACs 100%, params 100%"
             )
         return lines
+
+
+def _speedup_text(point: FinetunedPoint) -> str:
+    if not point.speedups:
+        return ""
+    return "; measured CPU speed-up " + ", ".join(
+        f"{speedup:.2f}x at batch {batch}" for batch, speedup in point.speedups
+    )
+
+
+def _measured_speedups(latency) -> tuple[tuple[int, float], ...]:
+    """``((batch, speed-up), ...)`` from a finetune's ``latency_cpu`` ({"batch1": {"speedup": ...}, ...});
+    () when it has none or another shape."""
+    found = []
+    for key, record in (latency or {}).items() if isinstance(latency, dict) else ():
+        batch = str(key).removeprefix("batch")
+        speedup = record.get("speedup") if isinstance(record, dict) else None
+        if batch.isdigit() and isinstance(speedup, int | float) and math.isfinite(speedup) and speedup > 0:
+            found.append((int(batch), float(speedup)))
+    return tuple(sorted(found))
 
 
 def finetuned_points(run_dir: str | Path) -> list[FinetunedPoint]:
@@ -296,6 +322,7 @@ def finetuned_points(run_dir: str | Path) -> list[FinetunedPoint]:
                 params_ratio=float(metrics["params_ratio"]),
                 base_score=None if metrics.get(base) is None else float(metrics[base]),
                 path=path,
+                speedups=_measured_speedups(metrics.get("latency_cpu")),
             )
         except KeyError as error:
             raise UserError(f"{path}: no {error.args[0]!r} field (not a finetune's metrics.json)") from None
@@ -409,11 +436,16 @@ def plot_finetuned_curve(points, path: str | Path, *, title: str | None = None) 
     points = list(points)
     if not points:
         raise ValueError("plot_finetuned_curve: no finetuned points")
-    figure = Figure(figsize=(6.0, 4.0), dpi=100)
-    axes = figure.subplots()
+    batch = _common_batch(points)
+    figure = Figure(figsize=(6.0 if batch is None else 11.0, 4.0), dpi=100)
+    axes = figure.subplots(1, 1 if batch is None else 2, squeeze=False)[0]
     labels = tuple(point.budget for point in points if point.budget is not None)
-    _draw_finetuned(axes, points, budget_colours(labels))
-    axes.set_title(title or f"{points[0].metric} after finetuning, against MACs")
+    colours = budget_colours(labels)
+    _draw_finetuned(axes[0], points, colours)
+    axes[0].set_title(title or f"{points[0].metric} after finetuning, against MACs")
+    if batch is not None:
+        _draw_finetuned(axes[1], points, colours, latency_batch=batch)
+        axes[1].set_title(f"against measured CPU latency, batch {batch}")
     figure.tight_layout()
     return atomic_write(Path(path), lambda stream: figure.savefig(stream, format="png"), binary=True)
 
@@ -423,11 +455,22 @@ def budget_colours(labels) -> dict[str, str]:
     return {label: BUDGET_COLOURS[number % len(BUDGET_COLOURS)] for number, label in enumerate(labels)}
 
 
-def _draw_finetuned(axes, points, colours: dict[str, str]) -> None:
-    """Finetuned scores against MACs on ``axes``: a line through the points, each labelled with its budget,
+def _common_batch(points) -> int | None:
+    """The batch size every point's latency was measured at (the smallest such), None when there is none."""
+    common = set.intersection(*(set(dict(point.speedups)) for point in points)) if points else set()
+    return min(common) if common else None
+
+
+def _draw_finetuned(axes, points, colours: dict[str, str], *, latency_batch: int | None = None) -> None:
+    """Finetuned scores against MACs on ``axes`` (against the measured latency at ``latency_batch``, as a
+    ratio of the base model's: 1 / speed-up): a line through the points, each labelled with its budget,
     and the base model's point at 100% with a dotted line at its score."""
-    ordered = sorted(points, key=lambda point: point.macs_ratio)
-    macs = np.array([point.macs_ratio for point in ordered])
+
+    def cost(point) -> float:
+        return point.macs_ratio if latency_batch is None else 1.0 / point.speedup(latency_batch)
+
+    ordered = sorted(points, key=cost)
+    macs = np.array([cost(point) for point in ordered])
     scores = np.array([100 * point.score for point in ordered])
     axes.plot(macs, scores, "-", color="tab:gray", linewidth=1, zorder=1)
     for point, x, y in zip(ordered, macs, scores):
@@ -440,7 +483,9 @@ def _draw_finetuned(axes, points, colours: dict[str, str]) -> None:
         axes.plot([macs[-1], 1.0], [scores[-1], 100 * base], "--", color="tab:gray", linewidth=0.8, zorder=1)
         axes.scatter([1.0], [100 * base], marker="*", s=120, color="black", zorder=3, label="base model")
         axes.axhline(100 * base, color="black", linestyle=":", linewidth=0.8)
-    axes.set_xlabel("MACs (of the base model)")
+    axes.set_xlabel(
+        "MACs (of the base model)" if latency_batch is None else "measured latency (of the base model)"
+    )
     unit = "%" if ordered[0].metric == "val accuracy" else "x 100"
     axes.set_ylabel(f"{ordered[0].metric} after finetuning ({unit})")
     _percent_axis(axes.xaxis, np.append(macs, 1.0 if base is not None else macs[-1]))

@@ -193,6 +193,34 @@ def test_finetuned_winners_are_printed_and_plotted(run_copy, tmp_path, capsys):
     with pytest.raises(ValueError, match="no finetuned points"):
         plot_finetuned_curve([], tmp_path / "empty.png")
 
+    # measured latencies (as the finetune times them) are printed, and plotted once every point has them
+    from PIL import Image
+
+    timed = {
+        "latency_cpu": {
+            "batch1": {"base_ms": 2.0, "pruned_ms": 1.6, "speedup": 1.25},
+            "batch64": {"base_ms": 50.0, "pruned_ms": 25.0, "speedup": 2.0},
+        }
+    }
+    write_metrics(run_copy / "flops0.7" / "finetune", **finished_metrics(0.91, 0.698), **timed)
+    assert Image.open(plot_finetuned_curve(finetuned_points(run_copy), tmp_path / "one.png")).size == (
+        600,
+        400,
+    )
+    write_metrics(
+        run_copy / "flops0.5" / "finetune",
+        **finished_metrics(0.88, 0.5),
+        latency_cpu={"batch1": {"speedup": 1.5}},
+    )
+    points = finetuned_points(run_copy)
+    assert [p.speedups for p in points] == [((1, 1.25), (64, 2.0)), ((1, 1.5),)]
+    assert Image.open(plot_finetuned_curve(points, tmp_path / "two.png")).size == (1100, 400)  # + latency
+    assert main(["front", str(run_copy)]) == 0
+    assert (
+        "finetuned (flops0.7/finetune/metrics.json): val accuracy 91.00% at MACs 69.8%, params 69.8%; "
+        "measured CPU speed-up 1.25x at batch 1, 2.00x at batch 64" in capsys.readouterr().out.splitlines()
+    )
+
     (run_copy / "flops0.5" / "finetune" / "metrics.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(UserError, match=r"flops0.5/finetune/metrics.json: unreadable"):
         finetuned_points(run_copy)
