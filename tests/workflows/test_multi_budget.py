@@ -189,15 +189,21 @@ def test_bad_budget_lists_exit_2_with_one_line(workspace, tmp_path, capsys, flag
     assert not (tmp_path / "x").exists()
 
 
-def test_a_history_from_before_the_budget_column_is_migrated(tmp_path):
-    path = tmp_path / "history.sqlite"
+def old_history(path: Path) -> Path:
+    """A history.sqlite as acp wrote it before the budget column (and the finalists table): one row."""
     old_columns = ", ".join(f"{name} {kind}" for name, kind in store.COLUMNS if name != "budget")
     with sqlite3.connect(path) as db:
         db.execute(f"CREATE TABLE evaluations (id INTEGER PRIMARY KEY, {old_columns})")
         db.execute(
-            "INSERT INTO evaluations (iteration, particle, widths, status) VALUES (0, 0, '[4, 4]', 'ok')"
+            "INSERT INTO evaluations (iteration, particle, widths, score, status) "
+            "VALUES (0, 0, '[4, 4]', 0.5, 'ok')"
         )
     db.close()
+    return path
+
+
+def test_a_history_from_before_the_budget_column_is_migrated(tmp_path):
+    path = old_history(tmp_path / "history.sqlite")
     history = store.History(path)
     assert [(row["widths"], row["budget"]) for row in history.rows()] == [([4, 4], None)]
     history.add([{"iteration": 1, "particle": 0, "widths": [2, 2], "status": "ok"}])
@@ -244,15 +250,7 @@ def test_warm_start_starts_particle_2_from_the_previous_budgets_winner(workspace
 
 
 def test_a_reader_leaves_an_old_history_as_it_found_it(tmp_path):
-    path = tmp_path / "history.sqlite"
-    old_columns = ", ".join(f"{name} {kind}" for name, kind in store.COLUMNS if name != "budget")
-    with sqlite3.connect(path) as db:
-        db.execute(f"CREATE TABLE evaluations (id INTEGER PRIMARY KEY, {old_columns})")
-        db.execute(
-            "INSERT INTO evaluations (iteration, particle, widths, score, status) "
-            "VALUES (0, 0, '[4, 4]', 0.5, 'ok')"
-        )
-    db.close()
+    path = old_history(tmp_path / "history.sqlite")
     before = path.read_bytes()
     for history in (store.History(path, read_only=True), store.History(path, read_only=True, budget="x")):
         try:
