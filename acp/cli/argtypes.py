@@ -39,3 +39,16 @@ def _one_or_list(parse_one: Callable[[str], float]):
 
 ratios = _one_or_list(ratio)
 positive_floats = _one_or_list(positive_float)
+
+
+def names(*allowed: str):
+    """``macs,params`` -> ("macs", "params"): a comma-separated choice of ``allowed``, in the given order."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [name for name in chosen if name not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"expected some of {','.join(allowed)}, got {text!r}")
+        return tuple(dict.fromkeys(chosen))
+
+    return parse

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from acp.cli.argtypes import non_negative_int
+from acp.cli.argtypes import names, non_negative_int
+
+cost_names = names("macs", "params", "latency")
 
 DEFAULT_ROWS = 24  # a laptop screen's worth; a multi-budget run's front has hundreds of points
 
@@ -23,6 +25,12 @@ def register(commands) -> None:
     parser.add_argument("--export", metavar="DIR", help="new directory for the front's architecture files")
     parser.add_argument("--plot", metavar="FILE", help="write the plot to FILE instead of RUN/front.png")
     parser.add_argument(
+        "--costs",
+        type=cost_names,
+        help="what the front is Pareto-optimal over: some of macs,params,latency (default: every one the "
+        "run has; --costs macs gives the curve over MACs alone)",
+    )
+    parser.add_argument(
         "--rows",
         type=non_negative_int,
         default=DEFAULT_ROWS,
@@ -36,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     from acp.workflows.front import FRONT_PLOT_FILE, export_front, plot_front, read_front
 
-    front = read_front(args.run)
+    front = read_front(args.run, costs=args.costs)
     shown = len(front.shown(args.rows))
     print(
-        f"{len(front.optimal)} Pareto-optimal of {len(front.points)} distinct architectures "
+        f"{len(front.optimal)} Pareto-optimal (over {', '.join(front.costs)} against the proxy score) "
+        f"of {len(front.points)} distinct architectures "
         f"({front.budget_label}; ratios of the base model)"
         + (":" if shown == len(front.optimal) else f"; {shown} of them, spread over it (--rows 0: all):")
     )

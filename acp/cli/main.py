@@ -83,13 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "handler", None):
             build_parser().print_help()
             return 2
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then the BrokenPipeError below
+        return code
     except UserError as error:
         print(f"acp: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("acp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `acp front RUN | head`: the reader left; stop quietly, as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 141  # 128 + SIGPIPE, what the shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":

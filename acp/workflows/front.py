@@ -59,12 +59,18 @@ class FrontPoint:
     on_front: bool
 
 
-def front_points(rows, finalists=(), *, latency_ms=None) -> list[FrontPoint]:
+COSTS = ("macs", "params", "latency")  # what a front can be over (latency: predicted, under a latency budget)
+
+
+def front_points(
+    rows, finalists=(), *, latency_ms=None, costs: Sequence[str] | None = None
+) -> list[FrontPoint]:
     """The distinct architectures of ``rows`` (history rows: widths, macs, params, score, iteration,
     particle, optional budget), each with its best score, ``finalist_score`` from ``finalists`` rows
     (widths, score) and ``latency_ms`` (a sequence aligned with ``rows``, or None), ordered by MACs then
-    params; failed evaluations (score None) are left out. Pareto-optimality is over (MACs, params[,
-    latency]) against the score: latency counts only when every point has one."""
+    params; failed evaluations (score None) are left out. Pareto-optimality is over ``costs`` (some of
+    :data:`COSTS`; None: MACs, params and latency) against the score: latency counts only when every point
+    has one."""
     best: dict[tuple[int, ...], tuple[dict, float | None]] = {}
     for index, row in enumerate(rows):
         score = row.get("score")
@@ -81,15 +87,13 @@ def front_points(rows, finalists=(), *, latency_ms=None) -> list[FrontPoint]:
     }
     keys = sorted(best, key=lambda key: (int(best[key][0]["macs"]), int(best[key][0]["params"]), key))
     with_latency = bool(keys) and all(best[key][1] is not None for key in keys)
-    costs = np.array(
-        [
-            [best[key][0]["macs"], best[key][0]["params"], *([best[key][1]] if with_latency else [])]
-            for key in keys
-        ],
+    counted = [name for name in (costs or COSTS) if name != "latency" or with_latency]
+    matrix = np.array(
+        [[best[key][1] if name == "latency" else best[key][0][name] for name in counted] for key in keys],
         dtype=np.float64,
-    ).reshape(len(keys), 3 if with_latency else 2)
+    ).reshape(len(keys), len(counted))
     scores = np.array([float(best[key][0]["score"]) for key in keys])
-    optimal = pareto_optimal(costs, scores)
+    optimal = pareto_optimal(matrix, scores)
     return [
         FrontPoint(
             widths=key,
@@ -159,6 +163,7 @@ class RunFront:
     base_params: int
     base_ms: float | None
     budget_label: str
+    costs: tuple[str, ...] = ("macs", "params")  # what the front is Pareto-optimal over
     labels: tuple[str, ...] = ()  # the budgets of a multi-budget run, in the config's order; () for one
     finetuned: tuple[FinetunedPoint, ...] = ()
     no_winner: Mapping[str, str] = field(default_factory=dict)  # label -> why it has no best_arch.json yet
@@ -332,9 +337,15 @@ def finetuned_points(run_dir: str | Path) -> list[FinetunedPoint]:
     return points
 
 
-def read_front(run_dir: str | Path) -> RunFront:
+def read_front(run_dir: str | Path, *, costs: Sequence[str] | None = None) -> RunFront:
     """The front of the search run in ``run_dir`` (UserError naming the missing file when it is not one),
-    over every budget's evaluations in a multi-budget run, with the finetuned winners where known."""
+    over every budget's evaluations in a multi-budget run, with the finetuned winners where known.
+    ``costs`` (some of :data:`COSTS`; None: every one the run has) are what it is Pareto-optimal over."""
+    unknown = sorted(set(costs or ()) - set(COSTS))
+    if unknown or (costs is not None and not costs):
+        raise UserError(
+            f"--costs: expected some of {', '.join(COSTS)}, got {', '.join(unknown) or 'nothing'}"
+        )
     from acp.workflows.report import budget_options, read_run, require_run_directory, run_space_and_budgets
 
     run_dir = Path(run_dir)
@@ -348,7 +359,11 @@ def read_front(run_dir: str | Path) -> RunFront:
         where = "in any budget folder " if view.multiple else "there "
         raise UserError(f"{run_dir}: no {rundir.BEST_ARCH_FILE} {where}yet to read the base costs from")
     latencies = [row.get("latency_ms") for row in view.rows]
-    points = front_points(view.rows, view.finalists, latency_ms=latencies)
+    if costs is not None and "latency" in costs and view.base_ms is None:
+        raise UserError(
+            f"--costs latency: {run_dir} was not searched under a latency budget (no predicted latency)"
+        )
+    points = front_points(view.rows, view.finalists, latency_ms=latencies, costs=costs)
     if not points:
         raise UserError(f"{run_dir}: no successful evaluation in {rundir.HISTORY_FILE} yet")
     return RunFront(
@@ -358,6 +373,7 @@ def read_front(run_dir: str | Path) -> RunFront:
         view.base_params,
         view.base_ms,
         view.budget_label,
+        costs=tuple(name for name in (costs or COSTS) if name != "latency" or view.base_ms is not None),
         labels=tuple(part.label for part in view.budgets) if view.multiple else (),
         finetuned=tuple(finetuned_points(run_dir)),
         no_winner={part.label: _why_no_winner(part, view.rows) for part in view.budgets}

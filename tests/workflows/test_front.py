@@ -44,6 +44,22 @@ def test_front_of_a_hand_made_history():
     assert by_widths[(8, 8)].finalist_score == 0.5 and by_widths[(4, 4)].finalist_score is None
 
 
+def test_the_front_over_chosen_costs():
+    assert [p.on_front for p in front_points(HAND_MADE, costs=("macs",))] == [True, False, True, False, True]
+    assert [p.on_front for p in front_points(HAND_MADE, costs=("params",))] == [
+        False,
+        False,
+        True,
+        False,
+        True,
+    ]
+    rows = [row([4], 100, 50, 0.7), row([5], 100, 50, 0.6)]
+    assert [p.on_front for p in front_points(rows, latency_ms=[2.0, 1.0], costs=("macs", "params"))] == [
+        True,
+        False,
+    ]  # the faster one counts only when latency is one of the costs
+
+
 def test_latency_counts_only_when_every_point_has_one():
     rows = [row([4], 100, 50, 0.7), row([5], 100, 50, 0.6)]
     assert [p.on_front for p in front_points(rows)] == [True, False]

@@ -252,3 +252,36 @@ def test_acp_front_rows_bounds_the_printout(multi_run, capsys):
     assert {line.split()[1] for line in printed[2:5]} == on_front  # every budget on the front is shown
     assert printed[5].startswith("winner (")
     assert main(["front", str(multi_run), "--rows", "-1"]) == 2
+
+
+def test_acp_front_over_macs_alone(multi_run, capsys):
+    assert main(["front", str(multi_run), "--rows", "0"]) == 0
+    every = int(capsys.readouterr().out.split()[0])
+    assert main(["front", str(multi_run), "--costs", "macs", "--rows", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[1:5] == ["Pareto-optimal", "(over", "macs", "against"]
+    over_macs = int(printed[0].split()[0])
+    assert 1 <= over_macs <= every
+    macs = [float(line.split()[2].rstrip("%")) for line in printed[2 : 2 + over_macs]]
+    scores = [float(line.split()[4]) for line in printed[2 : 2 + over_macs]]
+    assert macs == sorted(macs) and scores == sorted(scores)  # over one cost: a rising staircase
+    assert main(["front", str(multi_run), "--costs", "flops"]) == 2
+    assert "--costs: expected some of macs,params,latency, got 'flops'" in capsys.readouterr().err
+    assert main(["front", str(multi_run), "--costs", "latency"]) == 2
+    assert "not searched under a latency budget" in capsys.readouterr().err
+
+
+def test_acp_front_into_a_closed_pipe_stops_quietly(multi_run):
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "acp", "front", str(multi_run), "--rows", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=multi_run,
+    )
+    reader.stdout.close()  # like `acp front RUN | head -1`, closed before acp writes
+    error = reader.stderr.read().decode()
+    assert reader.wait(timeout=300) == 141, error
+    assert "Traceback" not in error and "BrokenPipeError" not in error
