@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     from acp.workflows.front import FRONT_PLOT_FILE, export_front, plot_front, read_front
 
+    if args.export:  # a bad --export is reported before anything is printed or plotted
+        from acp.fileio import require_fresh_output
+
+        require_fresh_output(args.export, "pick a new directory", flag="--export")
     front = read_front(args.run, costs=args.costs)
     shown = len(front.shown(args.rows))
     print(

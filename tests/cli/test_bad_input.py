@@ -242,6 +242,22 @@ CASES = [
         ["give either --out or --resume, not both"],
     ),
     ("--resume of a non-run directory", ["search", "--resume", "{full}"], ["full: no config.toml there"]),
+    (
+        "front: unknown cost",
+        ["front", "{run}", "--costs", "macs,flops"],
+        ["--costs: expected some of macs,params,latency"],
+    ),
+    (
+        "front: negative --rows",
+        ["front", "{run}", "--rows", "-1"],
+        ["--rows: expected an integer >= 0, got '-1'"],
+    ),
+    (
+        "front: --export non-empty",
+        ["front", "{run}", "--export", "{full}"],
+        ["--export", "full exists and is not empty"],
+    ),
+    ("front of a non-run directory", ["front", "{full}"], ["full"]),
     ("--out non-empty (search)", ["search", "{config}", "--out", "{full}"], ["full exists and is not empty"]),
     ("--out non-empty (train)", [*TRAIN, "{full}"], ["full exists and is not empty"]),
     (
