@@ -93,7 +93,32 @@ class SerialBackend:
         pass
 
 
+PARENT_CHECK_SECONDS = 1.0  # how often a loky worker checks that the search process is still there
+_PARENT_WATCH: list = []  # the watchdog thread of this loky worker, once started
+
+
+def _exit_with_parent() -> None:
+    """Start (once per worker) a thread that ends this loky worker when the search process that started
+    it is gone: after a kill -9 nobody stops the workers, and loky's idle timeout would keep them, and the
+    evaluator's memory, for minutes."""
+    if _PARENT_WATCH:
+        return
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="acp-exit-with-parent", daemon=True)
+    thread.start()
+    _PARENT_WATCH.append(thread)
+
+
 def _loky_task(token: str, path: str, widths) -> dict:
+    _exit_with_parent()
     evaluator = _WORKER_EVALUATORS.get(token)
     if evaluator is None:
         import pickle

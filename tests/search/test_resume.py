@@ -101,3 +101,23 @@ def test_kill_9_at_various_moments_with_workers(uninterrupted, tmp_path, delay):
     process.communicate()
     run_script(run_dir, resume=True, workers=2)
     assert rows(run_dir) == rows(uninterrupted)
+
+
+def test_the_workers_of_a_killed_search_end_with_it(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    process = run_script(tmp_path / "run", sleep=0.1, workers=2, wait=False)
+    deadline = time.monotonic() + 300
+    while completed_iterations(tmp_path / "run") < 1:  # the workers have evaluated
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the search did not get going"
+        time.sleep(0.05)
+    workers = [
+        child
+        for child in psutil.Process(process.pid).children(recursive=True)
+        if "loky" in " ".join(child.cmdline())
+    ]
+    assert len([w for w in workers if "LokyProcess" in " ".join(w.cmdline())]) == 2
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)  # no worker holds its pipes open
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == [], [w.cmdline() for w in alive]
